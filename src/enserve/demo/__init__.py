@@ -1,0 +1,1 @@
+"""The embedded default ensemble: a small ensemble trained here on scikit-learn's digits."""

@@ -1,0 +1,69 @@
+"""Members run by ONNX Runtime on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from enserve.members.base import Member
+from enserve.members.preprocess import Preprocessor
+
+
+def make_session(model: str | bytes | Path, threads: int = 1) -> object:
+    """An ORT CPU session with thread spinning off (spinning sessions starve each other)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxMember(Member):
+    """A single-input ONNX model; its first output is taken as the logits."""
+
+    framework = "onnxruntime"
+
+    def __init__(
+        self,
+        name: str,
+        model: str | bytes | Path,
+        preprocessor: Preprocessor | None = None,
+        threads: int = 1,
+        variant: str = "onnx",
+    ) -> None:
+        super().__init__(name, preprocessor)
+        self._model = model
+        self.variant = variant
+        self._threads = threads
+        self._session = make_session(model, threads)
+        inputs = self._session.get_inputs()  # type: ignore[attr-defined]
+        if len(inputs) != 1:
+            raise ValueError(f"ONNX model has {len(inputs)} inputs; members take exactly one")
+        self._input_name = inputs[0].name
+        self._output_name = self._session.get_outputs()[0].name  # type: ignore[attr-defined]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        feed = {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        out = self._session.run([self._output_name], feed)  # type: ignore[attr-defined]
+        return np.asarray(out[0], dtype=np.float32)
+
+    def param_bytes(self) -> int:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load_from_string(self._model) if isinstance(self._model, bytes) else onnx.load(
+            str(self._model)
+        )
+        return int(sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer))
+
+    def set_threads(self, threads: int) -> None:
+        if threads != self._threads:
+            self._threads = threads
+            self._session = make_session(self._model, threads)
