@@ -1,0 +1,190 @@
+"""One `enserve bench` invocation: the engine and the chosen baselines driven by the same
+load, interleaved round by round so that ratios are measured side by side."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from enserve.bench.load import LoadResult, Target, run_load
+from enserve.bench.targets import InProcessServer, build_baseline
+from enserve.runtime import Engine
+from enserve.runtime.stats import kernel_bound_throughput, percentiles
+from enserve.spec import EnsembleSpec
+
+
+@dataclass
+class BenchConfig:
+    mode: str = "closed"
+    concurrency: int = 8
+    rate: float = 10.0
+    duration_s: float = 20.0
+    warmup_s: float = 3.0
+    baselines: list[str] = field(default_factory=list)
+    baseline_batch: int = 8
+    threads: int = 0  # 0: every core
+    rounds: int = 1
+    max_batch: int = 32
+    max_delay_s: float = 0.002
+    request_rows: int = 1
+    inflight_batches: int = 2
+    pin: bool = True
+    seed: int = 0
+
+    def level(self) -> float:
+        return self.concurrency if self.mode == "closed" else self.rate
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                         "")
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": model or platform.processor(), "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def make_payloads(spec: EnsembleSpec, rows: int, seed: int, count: int = 16) -> list[np.ndarray]:
+    """Random (not zero) request batches for the spec's first input."""
+    from enserve.datatypes import numpy_dtype
+
+    tensor = spec.inputs[0]
+    rng = np.random.default_rng(seed)
+    shape = (rows, *(d if d > 0 else 1 for d in tensor.shape[1:]))
+    dtype = np.dtype(numpy_dtype(tensor.datatype))
+    if dtype.kind == "f":
+        return [rng.standard_normal(shape).astype(dtype) for _ in range(count)]
+    return [rng.integers(0, 128, size=shape).astype(dtype) for _ in range(count)]
+
+
+def engine_target(engine: Engine) -> Target:
+    async def call(x: np.ndarray) -> Any:
+        return await engine.infer(x, outputs=["probabilities"])
+
+    return call
+
+
+def _merge(results: list[LoadResult]) -> dict[str, Any]:
+    """Median throughput over rounds; latency percentiles over all rounds' samples."""
+    merged = results[0].summary()
+    merged["throughput"] = statistics.median(r.throughput for r in results)
+    merged.update(percentiles([x for r in results for x in r.latencies]))
+    for key in ("completed", "failed", "rejected"):
+        merged[key] = sum(getattr(r, key) for r in results)
+    merged["rounds"] = [r.throughput for r in results]
+    merged["rounds_p50_s"] = [r.summary()["p50_s"] for r in results]
+    return merged
+
+
+class BenchSession:
+    """The engine and the baselines, started once and measured at one or more levels."""
+
+    def __init__(self, spec: EnsembleSpec, plan: Any, cfg: BenchConfig, profile: Any = None,
+                 progress: Callable[[str], None] = print) -> None:
+        self.spec, self.cfg, self.progress = spec, cfg, progress
+        self.threads = cfg.threads or len(os.sched_getaffinity(0))
+        self.payloads = make_payloads(spec, cfg.request_rows, cfg.seed)
+        progress(f"starting engine ({'plan' if plan is not None else 'default plan'})")
+        self.engine = Engine(spec, plan, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s,
+                             inflight_batches=cfg.inflight_batches, pin=cfg.pin).start()
+        self.servers: dict[str, InProcessServer] = {}
+        self.described: dict[str, dict[str, Any]] = {}
+        try:
+            for kind in cfg.baselines:
+                progress(f"loading baseline {kind}")
+                self.servers[kind], self.described[kind] = build_baseline(
+                    kind, spec, self.threads, cfg.baseline_batch, profile)
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, cfg: BenchConfig) -> dict[str, Any]:
+        """Run every target at `cfg`'s level, interleaved over `cfg.rounds` rounds."""
+        targets: dict[str, Target] = {"enserve": engine_target(self.engine)}
+        targets.update({k: s.infer for k, s in self.servers.items()})
+        results: dict[str, list[LoadResult]] = {name: [] for name in targets}
+        stats: dict[str, Any] = {}
+        for r in range(cfg.rounds):
+            for name, target in targets.items():
+                if name == "enserve":
+                    self.engine.reset_stats()
+                res = run_load(target, self.payloads, cfg.mode, cfg.concurrency, cfg.rate,
+                               cfg.duration_s, cfg.warmup_s, cfg.seed + r)
+                self.progress(f"[{cfg.mode} {cfg.level():g}] round {r + 1}/{cfg.rounds} "
+                              f"{name}: {res.throughput:.2f}/s, p50 "
+                              f"{percentiles(res.latencies)['p50_s'] * 1e3:.1f} ms")
+                results[name].append(res)
+                if name == "enserve":
+                    stats = self.engine.stats()  # before the baselines' time dilutes it
+        return _report(self.spec, cfg, results, self.described, stats,
+                       self.engine.predicted_throughput, self.engine.configs)
+
+    def close(self) -> None:
+        self.engine.stop()
+        for s in self.servers.values():
+            s.stop()
+
+    def __enter__(self) -> BenchSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_bench(spec: EnsembleSpec, plan: Any, cfg: BenchConfig, profile: Any = None,
+              progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the engine and each baseline at one load level; returns the report dict."""
+    with BenchSession(spec, plan, cfg, profile, progress) as session:
+        return session.measure(cfg)
+
+
+def _report(spec: EnsembleSpec, cfg: BenchConfig, results: dict[str, list[LoadResult]],
+            described: dict[str, dict[str, Any]], stats: dict[str, Any],
+            predicted: float | None, configs: list[Any]) -> dict[str, Any]:
+    ens = _merge(results["enserve"])
+    ens["predicted_throughput"] = predicted
+    ens["prediction_error"] = (ens["throughput"] / predicted - 1.0) if predicted else None
+    ens["mean_batch_rows"] = stats["mean_batch_rows"]
+    bound = kernel_bound_throughput(stats, len(os.sched_getaffinity(0)))
+    ens["kernel_bound_throughput"] = bound
+    last = results["enserve"][-1].throughput
+    ens["efficiency_vs_kernel_bound"] = last / bound if bound else None
+    ens["members"] = stats["members"]
+    ens["instances"] = [{"member": c.member, "variant": c.variant, "batch_size": c.batch_size,
+                         "share": c.share, "cores": list(c.cores) if c.cores else None}
+                        for c in configs]
+    baselines = {k: {**_merge(v), **described.get(k, {})}
+                 for k, v in results.items() if k != "enserve"}
+    ratios, latency_ratios = {}, {}
+    for k, v in results.items():
+        if k == "enserve":
+            continue
+        per_round = [e.throughput / b.throughput for e, b in zip(results["enserve"], v,
+                                                                  strict=True) if b.throughput]
+        ratios[k] = statistics.median(per_round) if per_round else None
+        base_p50 = baselines[k]["p50_s"]
+        latency_ratios[k] = ens["p50_s"] / base_p50 if base_p50 else None
+    return {
+        "spec": spec.name,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "config": asdict(cfg),
+        "enserve": ens,
+        "baselines": baselines,
+        "ratios": ratios,
+        "latency_ratios": latency_ratios,
+    }

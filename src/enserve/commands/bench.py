@@ -1,0 +1,136 @@
+"""`enserve bench SPEC`: throughput and latency of the engine next to built-in baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from enserve.errors import EnserveError
+from enserve.spec import load_spec
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "bench",
+        help="measure the engine (and baselines) under load",
+        description="Drive the engine with closed- or open-loop load; baselines run in the "
+                    "same invocation, interleaved, so ratios are side by side.",
+    )
+    p.add_argument("spec", help="ensemble spec (YAML file or its folder)")
+    p.add_argument("--plan", help="plan JSON to execute (default: plan automatically)")
+    p.add_argument("--profile", help="profile JSON: plan from it, and pick sequential-fast "
+                                     "variants from it")
+    p.add_argument("--mode", choices=("closed", "open"), default="closed")
+    p.add_argument("--concurrency", type=int, default=8, help="closed loop: clients")
+    p.add_argument("--rate", type=float, default=10.0, help="open loop: requests/s (Poisson)")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    p.add_argument("--baseline", action="extend", nargs="+", default=[],
+                   choices=("sequential", "sequential-fast", "naive"),
+                   help="baselines to run in the same invocation")
+    p.add_argument("--baseline-batch", type=int, default=8,
+                   help="batch size of sequential baselines (8 was their best here)")
+    p.add_argument("--threads", type=int, default=0, help="baseline threads (0: every core)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians)")
+    p.add_argument("--max-batch", type=int, default=32, help="engine: largest batch")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, help="engine: batching delay")
+    p.add_argument("--inflight", type=int, default=2, help="engine: batches in flight")
+    p.add_argument("--no-pin", action="store_true",
+                   help="engine: let the OS place workers (no core pinning or core locks)")
+    p.add_argument("--request-rows", type=int, default=1, help="samples per request")
+    p.add_argument("--sweep", action="store_true", help="run a range of levels and plot")
+    p.add_argument("--levels", help="sweep levels, comma-separated (concurrencies or rates)")
+    p.add_argument("--plot", default="bench-sweep.png", help="sweep PNG path")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from enserve.bench.runner import BenchConfig, run_bench
+    from enserve.bench.sweep import default_levels, plot_sweep, run_sweep
+
+    spec = load_spec(args.spec)
+    plan = _load_plan(args.plan) if args.plan else None
+    profile = _load_profile(args.profile) if args.profile else None
+    if plan is None and profile is not None:
+        from enserve.plan import plan as make_plan
+
+        plan = make_plan(profile, algorithm="greedy")
+    cfg = BenchConfig(
+        mode=args.mode, concurrency=args.concurrency, rate=args.rate, duration_s=args.duration,
+        warmup_s=args.warmup, baselines=list(dict.fromkeys(args.baseline)),
+        baseline_batch=args.baseline_batch, threads=args.threads, rounds=args.rounds,
+        max_batch=args.max_batch, max_delay_s=args.max_delay_ms / 1e3,
+        request_rows=args.request_rows, inflight_batches=args.inflight, pin=not args.no_pin,
+    )
+    if cfg.concurrency < 1 or cfg.rate <= 0 or cfg.duration_s <= 0 or cfg.rounds < 1:
+        raise EnserveError("--concurrency, --rate, --duration and --rounds must be positive")
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    report: dict[str, Any]
+    if args.sweep:
+        levels = ([float(x) for x in args.levels.split(",")] if args.levels
+                  else default_levels(cfg))
+        report = run_sweep(spec, plan, cfg, levels, profile, progress)
+        report["plot"] = str(plot_sweep(report, args.plot, f"{spec.name} ({cfg.mode} loop)"))
+    else:
+        report = run_bench(spec, plan, cfg, profile, progress)
+    text = json.dumps(report, indent=2, default=str)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        print(text)
+    elif args.sweep:
+        for r in report["reports"]:
+            _print_table(r)
+        print(f"plot: {report['plot']}")
+    else:
+        _print_table(report)
+    return 0
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    cfg = report["config"]
+    level = cfg["concurrency"] if cfg["mode"] == "closed" else cfg["rate"]
+    print(f"{report['spec']}: {cfg['mode']} loop at {level}, {cfg['duration_s']:g} s x "
+          f"{cfg['rounds']} round(s)")
+    print(f"{'target':<16}{'samples/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'enserve/x':>10}")
+    rows = {"enserve": report["enserve"], **report["baselines"]}
+    for name, r in rows.items():
+        ratio = report["ratios"].get(name)
+        ratio_text = f"{ratio:.2f}x" if ratio else ""
+        print(f"{name:<16}{r['throughput']:>10.2f}{r['p50_s'] * 1e3:>9.1f}"
+              f"{r['p95_s'] * 1e3:>9.1f}{r['p99_s'] * 1e3:>9.1f}{ratio_text:>10}")
+    pred = report["enserve"].get("predicted_throughput")
+    if pred:
+        print(f"planner predicted {pred:.2f} samples/s; measured/predicted = "
+              f"{report['enserve']['throughput'] / pred:.2f}")
+    bound = report["enserve"].get("kernel_bound_throughput")
+    if bound:
+        print(f"at the member compute times measured in this run the cores allow "
+              f"{bound:.2f} samples/s; the engine reached "
+              f"{report['enserve']['efficiency_vs_kernel_bound']:.0%} of that (last round)")
+    for name, ratio in report["ratios"].items():
+        if ratio:
+            print(f"enserve / {name}: {ratio:.2f}x throughput, "
+                  f"{report['latency_ratios'][name]:.2f}x p50 latency")
+
+
+def _load_plan(path: str) -> Any:
+    from enserve.runtime.engine import load_plan_file
+
+    return load_plan_file(path)
+
+
+def _load_profile(path: str) -> Any:
+    from enserve.profile_format import load_profile
+
+    return load_profile(path)

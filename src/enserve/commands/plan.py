@@ -1,0 +1,97 @@
+"""`enserve plan`: choose member instances, devices, batch sizes and shares from a profile."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from enserve.errors import PlanError
+
+DESCRIPTION = (
+    "Plan an ensemble: which member instances run on which device, with which batch size, "
+    "compute share and variant. Reads a profile (--profile, see docs/planner.md) or profiles "
+    "the SPEC on this machine first. Prints the allocation matrix and the predicted "
+    "throughput and completion time."
+)
+
+
+def register(sub: Any) -> None:
+    from enserve.plan import ALGORITHMS, OBJECTIVES
+
+    p: argparse.ArgumentParser = sub.add_parser(
+        "plan", help="plan instances, devices, batch sizes and shares", description=DESCRIPTION)
+    p.add_argument("spec", nargs="?", help="ensemble spec to profile first (or use --profile)")
+    p.add_argument("--profile", type=Path, help="profile JSON (from `enserve profile`)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="greedy")
+    p.add_argument("--objective", choices=OBJECTIVES, default="throughput")
+    p.add_argument("--devices", default=None,
+                   help="plan for these devices instead of the profile's: 'detect' (this "
+                        "machine) or a declaration such as 4xcuda:16GB or cpu:64GB:16")
+    p.add_argument("--max-latency", type=float, default=None, metavar="S",
+                   help="bound on the predicted completion time of a batch, seconds")
+    p.add_argument("--min-throughput", type=float, default=None, metavar="N",
+                   help="samples/s the plan must sustain (useful with --objective latency)")
+    p.add_argument("--memory-headroom", type=float, default=0.0, metavar="F",
+                   help="fraction of each device's memory to leave free (default 0)")
+    p.add_argument("--no-time-sharing", action="store_true",
+                   help="shares on a device must sum to at most its compute units")
+    p.add_argument("--json", action="store_true", help="print the plan JSON instead of a table")
+    p.add_argument("--out", type=Path, help="write the plan JSON here")
+    p.add_argument("--heatmap", type=Path, help="save the allocation matrix as a PNG")
+    p.set_defaults(func=run)
+
+
+def _devices(text: str | None) -> Any:
+    from enserve.devices import detect_devices, parse_device_decl
+
+    if text is None:
+        return None
+    if text.strip().lower() in ("detect", "auto"):
+        return detect_devices()
+    try:
+        return parse_device_decl(text)
+    except ValueError as exc:
+        raise PlanError(f"--devices: {exc}") from None
+
+
+def _profile(args: argparse.Namespace) -> Any:
+    from enserve.profile_format import load_profile
+
+    if (args.spec is None) == (args.profile is None):
+        raise PlanError("give either a SPEC to profile or --profile FILE (not both)")
+    if args.profile is not None:
+        return load_profile(args.profile)
+    from enserve.profiler import profile_spec  # imports torch: only when profiling
+
+    return profile_spec(args.spec, progress=not args.json)
+
+
+def run(args: argparse.Namespace) -> int:
+    from enserve.plan import Constraints, evaluate, plan, save_plan
+
+    profile = _profile(args)
+    constraints = Constraints(max_latency_s=args.max_latency, min_throughput=args.min_throughput,
+                              memory_headroom=args.memory_headroom,
+                              time_sharing=not args.no_time_sharing)
+    result = plan(profile, args.algorithm, args.objective, constraints, _devices(args.devices))
+    if args.out is not None:
+        save_plan(result, args.out)
+    if args.heatmap is not None:
+        from enserve.plan.render import save_heatmap
+
+        save_heatmap(result, args.heatmap)
+    if args.json:
+        sys.stdout.write(result.to_json() + "\n")
+        return 0
+    from rich.console import Console
+
+    from enserve.plan.render import print_plan
+
+    print_plan(result, evaluate(profile, result), Console())
+    if args.out is not None:
+        print(f"plan written to {args.out}")
+    if args.heatmap is not None:
+        print(f"heatmap written to {args.heatmap}")
+    return 0

@@ -1,0 +1,304 @@
+"""Fast loading: an ensemble's weights packed in one safetensors file, read through a
+memory map with no copy, into models built on the `meta` device (no random init) and
+filled with `load_state_dict(assign=True)`. `WarmPool` keeps pre-imported worker
+processes ready so a load never pays Python and torch start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import struct
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from enserve.errors import ModelLoadError, SpecError
+from enserve.members.loaders import build_architecture, build_torch_module, torchvision_arch
+from enserve.spec import EnsembleSpec, MemberSpec
+
+PACKABLE = ("torchvision", "safetensors", "python")
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_MAX_HEADER = 100 * 2**20
+
+
+def packable(member: MemberSpec) -> bool:
+    return member.kind in PACKABLE
+
+
+def pack_ensemble(spec: EnsembleSpec, out: str | Path, members: Sequence[str] | None = None) -> Path:
+    """Write the weights of `members` (default: every packable one) into one file,
+    keys `<member>/<parameter>`."""
+    from safetensors.torch import save_file
+
+    chosen = [spec.member(n) for n in members] if members else [m for m in spec.members if packable(m)]
+    tensors: dict[str, torch.Tensor] = {}
+    for m in chosen:
+        if not packable(m):
+            raise SpecError(f"member '{m.name}' ({m.kind}) can't be packed; packable: {', '.join(PACKABLE)}")
+        for key, t in build_torch_module(spec, m).state_dict().items():
+            tensors[f"{m.name}/{key}"] = t.detach().contiguous().clone()
+    meta = {"enserve": json.dumps({"ensemble": spec.name, "members": [m.name for m in chosen]})}
+    out = Path(out)
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+class PackedFile:
+    """A safetensors file memory-mapped copy-on-write; tensors are views, not copies.
+
+    The header is validated (sizes, offsets, dtypes) because model files are untrusted.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ModelLoadError(f"{self.path.name}: not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(_MAX_HEADER, size - 8):
+                raise ModelLoadError(f"{self.path.name}: header length {n} is invalid")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as exc:
+                raise ModelLoadError(f"{self.path.name}: header is not JSON: {exc}") from None
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + n
+        self.entries: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
+        for key, info in header.items():
+            self.entries[key] = self._check(key, info, size - self.data_start)
+        # MAP_PRIVATE: pages come from the page cache and are copied only if written.
+        self._storage = torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=size)
+
+    def _check(self, key: str, info: Any, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelLoadError(f"{self.path.name}: tensor '{key}' has a malformed entry") from None
+        count = int(np.prod(shape)) if shape else 1
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        inside = 0 <= begin <= end <= data_len
+        if any(d < 0 for d in shape) or not inside or end - begin != count * itemsize:
+            raise ModelLoadError(
+                f"{self.path.name}: tensor '{key}' lies outside the file or has the wrong size"
+            )
+        return dtype, shape, begin, end
+
+    def tensor(self, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self.entries[key]
+        offset = self.data_start + begin
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if offset % itemsize == 0:
+            view = torch.empty(0, dtype=dtype)
+            view.set_(self._storage, offset // itemsize, shape)  # type: ignore[call-overload]
+            return view
+        raw = torch.empty(0, dtype=torch.uint8)
+        raw.set_(self._storage, offset, (end - begin,))  # type: ignore[call-overload]
+        return raw.clone().view(dtype).reshape(shape)  # misaligned: one copy
+
+    def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: self.tensor(k) for k in self.entries if k.startswith(prefix)}
+
+
+def _build(spec: EnsembleSpec, member: MemberSpec) -> nn.Module:
+    if member.kind == "torchvision":
+        return torchvision_arch(member.target, member.num_classes, member.seed, member.name)
+    arch = member.architecture if member.kind == "safetensors" else member.source
+    return build_architecture(spec, member, arch or "", "architecture")
+
+
+def _skeleton(spec: EnsembleSpec, member: MemberSpec) -> nn.Module:
+    """The member's architecture, built on the `meta` device (no allocation, no random
+    init) where its constructor allows; some compute with tensors (RegNet's widths), so
+    those are built normally."""
+    try:
+        with torch.device("meta"):
+            return _build(spec, member)
+    except (NotImplementedError, RuntimeError):
+        return _build(spec, member)
+
+
+def load_packed(
+    spec: EnsembleSpec, path: str | Path, members: Sequence[str] | None = None
+) -> dict[str, nn.Module]:
+    """Modules for `members` (default: all in the file) with weights viewed from `path`."""
+    packed = PackedFile(path)
+    try:
+        listed = json.loads(packed.metadata.get("enserve", "{}")).get("members", [])
+    except ValueError:
+        listed = []
+    names = list(members) if members else list(listed)
+    modules: dict[str, nn.Module] = {}
+    for name in names:
+        member = spec.member(name)
+        state = packed.state_dict(f"{name}/")
+        if not state:
+            raise ModelLoadError(f"{packed.path.name}: no weights for member '{name}'")
+        module = _skeleton(spec, member)
+        try:
+            module.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            detail = str(exc)[:300]
+            raise ModelLoadError(f"{packed.path.name}: weights of '{name}' don't fit: {detail}") from None
+        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+            # Non-persistent buffers are not in the file: build normally, then copy in.
+            module = build_torch_module(spec, member)
+            module.load_state_dict(state, strict=True)
+        modules[name] = module.eval()
+    return modules
+
+
+def drop_page_cache(path: str | Path) -> None:
+    """Ask the kernel to forget the file's cached pages (for cold-start measurements)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_seconds(path: str | Path, chunk: int = 16 * 2**20) -> float:
+    """Seconds to read the whole file (the disk-read floor a load can't beat)."""
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk)
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - start
+
+
+# ---- warm worker processes -------------------------------------------------------------
+
+
+def _warm_main(conn: mpc.Connection, threads: int) -> None:
+    """Worker loop: torch and enserve are imported before the first command arrives."""
+    import enserve.fusion
+    import enserve.members  # noqa: F401
+    from enserve.swap import release_freed_memory
+
+    torch.set_num_threads(threads)
+    runner: Any = None
+    while True:
+        try:
+            cmd, arg = conn.recv()
+        except EOFError:
+            return
+        try:
+            if cmd == "load":
+                start = time.perf_counter()
+                runner = load_runner(**arg)
+                conn.send(("ok", time.perf_counter() - start))
+            elif cmd == "infer":
+                conn.send(("ok", runner(arg)))
+            elif cmd == "unload":
+                runner = None
+                release_freed_memory()
+                conn.send(("ok", None))
+            elif cmd == "stop":
+                conn.send(("ok", None))
+                return
+            else:
+                conn.send(("error", f"unknown command {cmd!r}"))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def load_runner(spec_path: str, packed: str | None = None, fused: bool = True) -> Any:
+    """A callable batch -> probabilities for the ensemble at `spec_path`, weights from
+    `packed` when given; one fx-fused graph when `fused` and every member is PyTorch."""
+    from enserve.fusion import load_fused
+    from enserve.reference import ReferenceExecutor
+    from enserve.spec import load_spec
+
+    spec = load_spec(spec_path)
+    modules = load_packed(spec, packed) if packed else {}
+    names = [m.name for m in spec.members]
+    if fused and all(m.kind != "onnx" for m in spec.members):
+        member = load_fused(spec, names, "fx", modules=modules)
+        return lambda x: member.infer(x).probabilities
+    from enserve.members import TorchMember
+    from enserve.members.preprocess import Preprocessor
+
+    built = {n: TorchMember(n, modules[n], Preprocessor(spec.member(n).preprocess)) for n in modules}
+    executor = ReferenceExecutor(spec, members=built if len(built) == len(names) else None)
+    return lambda x: executor.infer(x).probabilities
+
+
+class WarmWorker:
+    """One pre-imported process that loads an ensemble and answers batches."""
+
+    def __init__(self, threads: int = 1) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_warm_main, args=(child, threads), daemon=True)
+        self.process.start()
+        child.close()
+
+    def _call(self, cmd: str, arg: Any = None, timeout: float = 600.0) -> Any:
+        self._conn.send((cmd, arg))
+        if not self._conn.poll(timeout):
+            raise ModelLoadError(f"warm worker did not answer '{cmd}' within {timeout:g}s")
+        status, value = self._conn.recv()
+        if status != "ok":
+            raise ModelLoadError(f"warm worker: {value}")
+        return value
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until the worker has finished its imports (a no-op round trip)."""
+        self._call("unload", timeout=timeout)
+
+    def load(self, spec_path: str | Path, packed: str | Path | None = None, fused: bool = True) -> float:
+        """Load in the worker; returns the worker-side load seconds."""
+        arg = {"spec_path": str(spec_path), "packed": str(packed) if packed else None, "fused": fused}
+        return float(self._call("load", arg))
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._call("infer", batch))
+
+    def unload(self) -> None:
+        self._call("unload")
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(ModelLoadError, OSError, EOFError):
+                self._call("stop", timeout=10)
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)
+        self._conn.close()
+
+
+class WarmPool:
+    """Keeps `size` idle pre-imported workers; `take()` hands one out and starts its
+    replacement, so the next load also finds a warm process."""
+
+    def __init__(self, size: int = 1, threads: int = 1) -> None:
+        self.threads = threads
+        self._idle = [WarmWorker(threads) for _ in range(max(1, size))]
+
+    def take(self) -> WarmWorker:
+        worker = self._idle.pop(0)
+        self._idle.append(WarmWorker(self.threads))
+        return worker
+
+    def close(self) -> None:
+        for w in self._idle:
+            w.stop()
+        self._idle.clear()

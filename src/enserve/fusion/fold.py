@@ -1,0 +1,82 @@
+"""Eval-mode folding: Conv+BatchNorm pairs become one convolution, in a torch.fx graph."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+_CONV_BN = (
+    (nn.Conv1d, nn.BatchNorm1d),
+    (nn.Conv2d, nn.BatchNorm2d),
+    (nn.Conv3d, nn.BatchNorm3d),
+)
+
+
+class LeafTracer(fx.Tracer):
+    """Symbolic tracer that keeps the given module types opaque (untraceable members)."""
+
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = ()) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, torch.jit.ScriptModule) or (self.leaves and isinstance(m, self.leaves)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(module: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule:
+    tracer = tracer or LeafTracer()
+    graph = tracer.trace(module)
+    name = module.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
+    parent_name, _, attr = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+def fold_conv_bn(gm: fx.GraphModule) -> int:
+    """Fold every eval-mode BatchNorm that directly follows a convolution used only by it.
+
+    Works in place on `gm`; returns how many pairs were folded. BatchNorms without running
+    statistics are left alone.
+    """
+    modules = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        prev = node.args[0]
+        if prev.op != "call_module" or len(prev.users) != 1:
+            continue
+        conv, bn = modules.get(prev.target), modules.get(node.target)
+        if not any(isinstance(conv, c) and type(bn) is b for c, b in _CONV_BN):
+            continue
+        assert isinstance(conv, nn.modules.conv._ConvNd) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        if bn.running_mean is None or bn.running_var is None or bn.training or conv.training:
+            continue
+        fused = fuse_conv_bn_eval(conv, bn)
+        _set_submodule(gm, str(prev.target), fused)
+        modules[str(prev.target)] = fused
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded += 1
+    if folded:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return folded
+
+
+def folded_copy(module: nn.Module) -> tuple[nn.Module, int]:
+    """A traced, Conv-BN-folded copy of an eval-mode module; the module itself (and 0)
+    when it cannot be traced."""
+    try:
+        gm = trace(module)
+    except Exception:  # untraceable (data-dependent control flow, ...): keep it opaque
+        return module, 0
+    return gm, fold_conv_bn(gm)

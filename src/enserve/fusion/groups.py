@@ -1,0 +1,220 @@
+"""Which members can be fused, and loading a fused group as a `FusedMember`.
+
+A fused group is one more execution variant for the planner: it is profiled like any
+member and chosen where it is faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from enserve.errors import ModelLoadError, SpecError
+from enserve.fusion.fx import build_fx_group, freeze
+from enserve.fusion.graph_ops import TorchCombiner, TorchPreprocess
+from enserve.fusion.horizontal import StackedModule
+from enserve.fusion.member import FusedMember, Runner
+from enserve.fusion.onnx_merge import OnnxPart, merge_onnx
+from enserve.members.loaders import build_torch_module
+from enserve.members.onnx_member import make_session
+from enserve.spec import EnsembleSpec, MemberSpec
+
+FusionKind = Literal["fx", "horizontal", "onnx"]
+FUSION_KINDS: tuple[FusionKind, ...] = ("fx", "horizontal", "onnx")
+
+
+@dataclass(frozen=True)
+class FusionGroup:
+    """Members that can run as one unit of the given kind."""
+
+    kind: FusionKind
+    members: tuple[str, ...]
+    covers_ensemble: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{'+'.join(self.members)}"
+
+
+def architecture_key(member: MemberSpec) -> tuple[object, ...] | None:
+    """Equal keys mean equal architectures (weights may differ); None: can't tell from the spec."""
+    pre = member.preprocess.model_dump_json() if member.preprocess else None
+    if member.kind == "torchvision":
+        return ("torchvision", member.target, member.num_classes, pre, member.input)
+    if member.kind == "safetensors":
+        return ("arch", member.architecture, member.num_classes, pre, member.input)
+    if member.kind == "python":
+        return ("python", member.target, pre, member.input)
+    return None
+
+
+def fusion_candidates(spec: EnsembleSpec) -> list[FusionGroup]:
+    """Every fused group worth profiling: all PyTorch members as one fx graph, each set of
+    two or more same-architecture members horizontally, all ONNX members merged."""
+    everyone = {m.name for m in spec.members}
+    groups: list[FusionGroup] = []
+
+    def add(kind: FusionKind, names: list[str]) -> None:
+        if len(names) >= 2:
+            groups.append(FusionGroup(kind, tuple(names), set(names) == everyone))
+
+    add("fx", [m.name for m in spec.members if m.kind != "onnx"])
+    by_arch: dict[tuple[object, ...], list[str]] = {}
+    for m in spec.members:
+        key = architecture_key(m)
+        if key is not None:
+            by_arch.setdefault(key, []).append(m.name)
+    for names in by_arch.values():
+        add("horizontal", names)
+    add("onnx", [m.name for m in spec.members if m.kind == "onnx"])
+    return groups
+
+
+def _torch_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _torch_runner(module: nn.Module) -> Runner:
+    def run(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(a) for a in arrays))
+        if isinstance(out, (tuple, list)):
+            return out[0].numpy(), out[1].numpy()
+        return out.numpy(), None
+
+    return run
+
+
+def _module_bytes(module: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type != "meta" and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+class _HorizontalGroup(nn.Module):
+    def __init__(self, stacked: StackedModule, combiner: TorchCombiner | None) -> None:
+        super().__init__()
+        self.stacked = stacked
+        self.combiner = combiner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = self.stacked(x)
+        return logits if self.combiner is None else (logits, self.combiner(logits))
+
+
+def load_fused(
+    spec: EnsembleSpec,
+    members: Sequence[str],
+    kind: FusionKind,
+    threads: int | None = None,
+    *,
+    fold: bool = True,
+    channels_last: bool = False,
+    frozen: bool = False,
+    combine_in_graph: bool | None = None,
+    modules: Mapping[str, nn.Module] | None = None,
+) -> FusedMember:
+    """Load `members` of `spec` fused as `kind`.
+
+    `combine_in_graph` (default: when the group is the whole ensemble) puts the combiner
+    in the graph. `modules` supplies already built torch modules (e.g. from
+    `fastload.load_packed`) instead of building them from the spec. `frozen` (fx only)
+    additionally TorchScript-freezes the graph.
+    """
+    if kind not in FUSION_KINDS:
+        raise SpecError(f"unknown fusion kind '{kind}' (expected one of {', '.join(FUSION_KINDS)})")
+    specs = [spec.member(n) for n in members]
+    if len(specs) < 1:
+        raise SpecError("a fused group needs at least one member")
+    whole = {m.name for m in specs} == {m.name for m in spec.members}
+    in_graph = whole if combine_in_graph is None else combine_in_graph and whole
+    weights = [spec.member_weights()[spec.members.index(m)] for m in specs]
+    combiner = TorchCombiner(spec.combiner, weights) if in_graph else None
+    name = FusionGroup(kind, tuple(members), whole).name
+    used = {spec.input_for(m).name for m in specs}
+    used_names = [t.name for t in spec.inputs if t.name in used]  # FusedMember's input order
+    input_index = {m.name: used_names.index(spec.input_for(m).name) for m in specs}
+    if threads:
+        _torch_threads(threads)
+
+    if kind == "onnx":
+        return _load_onnx(spec, specs, name, threads or 1, spec.combiner if in_graph else None, weights)
+
+    if any(m.kind == "onnx" for m in specs):
+        raise SpecError(f"{name}: ONNX members can't join a '{kind}' group")
+    built = {m.name: (modules[m.name] if modules and m.name in modules else build_torch_module(spec, m))
+             for m in specs}
+    variant = f"fused-{kind}"
+    if kind == "fx":
+        pre = {m.name: TorchPreprocess(m.preprocess) for m in specs}
+        gm, _ = build_fx_group(built, pre, input_index, combiner, fold=fold, channels_last=channels_last)
+        module: nn.Module = gm
+        if frozen:
+            module = _frozen(spec, gm, used_names)
+            variant += "-frozen"
+        size = _module_bytes(gm)
+    else:
+        if len({input_index[m.name] for m in specs}) != 1 or len(
+            {m.preprocess.model_dump_json() if m.preprocess else "" for m in specs}
+        ) != 1:
+            raise SpecError(f"{name}: horizontal fusion needs one input and one preprocessing")
+        stacked = StackedModule([built[m.name] for m in specs], TorchPreprocess(specs[0].preprocess), fold)
+        module = _HorizontalGroup(stacked, combiner).eval()
+        size = stacked.tensor_bytes()
+    return FusedMember(name, kind, spec, members, _torch_runner(module), size, _torch_threads, variant)
+
+
+def _frozen(spec: EnsembleSpec, gm: nn.Module, used_inputs: list[str]) -> nn.Module:
+    example = []
+    for t in spec.inputs:
+        if t.name in used_inputs:
+            example.append(torch.randn([d if d > 0 else 2 for d in t.shape]))
+    return freeze(gm, example)
+
+
+def _load_onnx(
+    spec: EnsembleSpec,
+    specs: list[MemberSpec],
+    name: str,
+    threads: int,
+    combiner: str | None,
+    weights: list[float],
+) -> FusedMember:
+    import onnx
+
+    parts = []
+    for m in specs:
+        if m.kind != "onnx":
+            raise SpecError(f"{name}: member '{m.name}' is not an ONNX model")
+        path = spec.resolve_path(m.target, f"members.{spec.members.index(m)}.source")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"member '{m.name}': cannot read ONNX file: {exc}") from None
+        parts.append(OnnxPart(m.name, model, spec.input_for(m).name, m.preprocess))
+    merged = merge_onnx(parts, spec.inputs, combiner, weights)
+    blob = merged.SerializeToString()
+    size = int(sum(np.prod(t.dims) * 4 for t in merged.graph.initializer))
+    state: dict[str, object] = {"session": make_session(blob, threads)}
+    used = {spec.input_for(m).name for m in specs}
+
+    def run(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        names = [t.name for t in spec.inputs if t.name in used]
+        feed = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, arrays, strict=True)}
+        session = state["session"]
+        outs = session.run(None, feed)  # type: ignore[attr-defined]
+        return outs[0], (outs[1] if len(outs) > 1 else None)
+
+    def set_threads(n: int) -> None:
+        state["session"] = make_session(blob, n)
+
+    return FusedMember(name, "onnx", spec, [m.name for m in specs], run, size, set_threads, "fused-onnx")

@@ -1,0 +1,183 @@
+"""A plan: which member instances run where, how, and what the cost model predicts for it.
+
+Plan JSON (what `enserve plan --json` prints and the runtime executes)::
+
+    {"algorithm": "greedy", "objective": "throughput",
+     "devices": [{"id": "cuda:0", "kind": "cuda", "memory_bytes": ..., "compute_units": 100}],
+     "instances": [{"member": "resnet50", "variant": null, "device": "cuda:0",
+                    "batch_size": 8, "share": 50, "memory_bytes": 350000000}],
+     "predicted": {"throughput": 812.5, "latency_s": 0.031},
+     "planning_time_s": 0.004}
+
+`variant` null means the member's default variant. `throughput` is in samples (inputs) per
+second, `latency_s` the completion time of one batch (see `enserve.plan.cost`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enserve.devices import Device, json_number
+from enserve.errors import PlanError
+
+OBJECTIVES = ("throughput", "latency")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running copy of a member: its variant, device, batch size and compute share."""
+
+    member: str
+    variant: str | None
+    device: str
+    batch_size: int
+    share: float
+    memory_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "member": self.member,
+            "variant": self.variant,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "share": json_number(self.share),
+            "memory_bytes": int(self.memory_bytes),
+        }
+
+    def config_key(self) -> tuple[str, str | None, str, int, float]:
+        """The profile entry this instance runs as (member, variant, device, batch, share)."""
+        return (self.member, self.variant, self.device, self.batch_size, self.share)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    throughput: float
+    latency_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"throughput": self.throughput, "latency_s": self.latency_s}
+
+
+@dataclass(frozen=True)
+class Plan:
+    algorithm: str
+    objective: str
+    devices: tuple[Device, ...]
+    instances: tuple[Instance, ...]
+    predicted: Predicted
+    planning_time_s: float = 0.0
+    members: tuple[str, ...] = field(default=(), compare=False)
+
+    def member_names(self) -> list[str]:
+        """Members in profile order when known, else in order of first instance."""
+        if self.members:
+            return list(self.members)
+        seen: dict[str, None] = {}
+        for inst in self.instances:
+            seen.setdefault(inst.member, None)
+        return list(seen)
+
+    def instances_on(self, device_id: str) -> list[Instance]:
+        return [i for i in self.instances if i.device == device_id]
+
+    def allocation_matrix(self) -> dict[tuple[str, str], list[Instance]]:
+        """(device id, member) -> the instances of that member on that device."""
+        matrix: dict[tuple[str, str], list[Instance]] = {}
+        for inst in self.instances:
+            matrix.setdefault((inst.device, inst.member), []).append(inst)
+        return matrix
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "objective": self.objective,
+            "devices": [d.to_dict() for d in self.devices],
+            "instances": [i.to_dict() for i in self.instances],
+            "predicted": self.predicted.to_dict(),
+            "planning_time_s": self.planning_time_s,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "plan") -> Plan:
+        """Parse plan JSON; raises PlanError naming `where` and the offending field."""
+        if not isinstance(data, Mapping):
+            raise PlanError(f"{where}: expected a JSON object at the top level")
+        for key in ("algorithm", "objective", "devices", "instances", "predicted"):
+            if key not in data:
+                raise PlanError(f"{where}: field '{key}' is missing")
+        devices = []
+        for index, raw in enumerate(_list(data["devices"], f"{where}: field 'devices'")):
+            try:
+                devices.append(Device.from_dict(_mapping(raw, f"{where}: devices.{index}")))
+            except ValueError as exc:
+                raise PlanError(f"{where}: field 'devices.{index}': {exc}") from None
+        device_ids = {d.id for d in devices}
+        instances = []
+        for index, raw in enumerate(_list(data["instances"], f"{where}: field 'instances'")):
+            instances.append(_instance(raw, f"{where}: field 'instances.{index}", device_ids))
+        predicted = _mapping(data["predicted"], f"{where}: field 'predicted'")
+        try:
+            pred = Predicted(float(predicted["throughput"]), float(predicted["latency_s"]))
+            planning_time = float(data.get("planning_time_s", 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"{where}: field 'predicted': needs numeric throughput and "
+                            f"latency_s ({exc})") from None
+        return cls(str(data["algorithm"]), str(data["objective"]), tuple(devices),
+                   tuple(instances), pred, planning_time)
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise PlanError(f"{where}: expected a list")
+    return value
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PlanError(f"{where}: expected an object")
+    return value
+
+
+def _instance(raw: Any, where: str, device_ids: set[str]) -> Instance:
+    obj = _mapping(raw, where + "'")
+    for key in ("member", "device", "batch_size", "share", "memory_bytes"):
+        if key not in obj:
+            raise PlanError(f"{where}.{key}' is missing")
+    variant = obj.get("variant")
+    if variant is not None and not isinstance(variant, str):
+        raise PlanError(f"{where}.variant': expected a string or null")
+    try:
+        inst = Instance(str(obj["member"]), variant, str(obj["device"]), int(obj["batch_size"]),
+                        float(obj["share"]), int(obj["memory_bytes"]))
+    except (TypeError, ValueError):
+        raise PlanError(f"{where}': batch_size, share and memory_bytes must be numbers") from None
+    if inst.device not in device_ids:
+        raise PlanError(f"{where}.device': '{inst.device}' is not among the plan's devices")
+    if inst.batch_size < 1 or inst.share <= 0 or inst.memory_bytes < 0:
+        raise PlanError(f"{where}': batch_size and share must be positive, memory_bytes >= 0")
+    return inst
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plan.to_json() + "\n", encoding="utf-8")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan JSON file; raises PlanError naming the file and field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"{path}: plan file not found") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{path}: not valid JSON: {exc}") from None
+    return Plan.from_dict(data, str(path))

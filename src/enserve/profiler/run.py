@@ -1,0 +1,301 @@
+"""`profile_spec`: check variants, measure what the cache lacks, assemble the profile."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enserve.devices import Device
+from enserve.errors import ProfileError
+from enserve.profile_format import Profile, profile_from_dict
+from enserve.profiler.cache import ResultCache, cpu_model, device_identity
+from enserve.profiler.child import MAX_SECONDS_PER_BATCH, Task, load_average, run_task
+from enserve.profiler.settings import (
+    DEFAULT_BATCH_SIZES,
+    check_arguments,
+    select_devices,
+    shares_for,
+    variants_for,
+)
+from enserve.spec import EnsembleSpec, load_spec
+from enserve.variants.fingerprint import default_cache_dir, library_versions, member_fingerprint
+from enserve.variants.names import REDUCED_PRECISION, available_variants, default_variant
+
+
+@dataclass
+class RunStats:
+    """What a profiling run did: how many entries came from the cache and how many were measured."""
+
+    cached_entries: int = 0
+    measured_entries: int = 0
+    cached_checks: int = 0
+    run_checks: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), disable=not enabled, transient=False)
+
+
+def profile_spec(
+    spec_path: str | Path,
+    devices: Sequence[Device | str] | None = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    shares: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+    variants: Sequence[str] | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    repeats: int = 10,
+    warmup: int = 2,
+    max_seconds: float = MAX_SECONDS_PER_BATCH,
+    refresh: bool = False,
+) -> Profile:
+    """Profile every member of the spec; returns a `Profile` (see `profile_format`).
+
+    `devices`: ids or `Device`s among those detected here (default: all detected).
+    `shares`: CPU core counts (a sequence), or a mapping from device id or kind to shares
+    (default: see `default_cpu_shares`; GPUs 25/50/100 with MPS, else 100).
+    `variants`: names to try per member (default: each member's default variant); names a
+    member can't run are skipped; `bf16` is admitted only because it was asked for.
+    Entries come from the cache where possible (`refresh=True` measures them again and
+    overwrites the cache); `profile.meta.notes` lists what was skipped or rejected.
+    """
+    data, _ = profile_spec_dict(spec_path, devices, batch_sizes, shares, variants, cache_dir,
+                                progress, repeats, warmup, max_seconds, refresh)
+    return profile_from_dict(data)
+
+
+def profile_spec_dict(
+    spec_path: str | Path,
+    devices: Sequence[Device | str] | None = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    shares: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+    variants: Sequence[str] | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    repeats: int = 10,
+    warmup: int = 2,
+    max_seconds: float = MAX_SECONDS_PER_BATCH,
+    refresh: bool = False,
+) -> tuple[dict[str, Any], RunStats]:
+    """`profile_spec` as a plain JSON-ready dict, plus statistics about the run."""
+    check_arguments(variants, batch_sizes, repeats, warmup)
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    spec_file = str(spec_path / "ensemble.yaml" if spec_path.is_dir() else spec_path)
+    chosen_devices = select_devices(devices)
+    cache = ResultCache(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    notes: list[str] = []
+    stats = RunStats()
+    batches = sorted({int(b) for b in batch_sizes})
+    shares_by_device = {d.id: shares_for(d, shares, notes) for d in chosen_devices}
+    plan = _RunPlan(spec, spec_file, cache, batches, repeats, warmup, max_seconds, stats, notes,
+                    refresh)
+
+    member_variants = {m.name: variants_for(m, variants) for m in spec.members}
+    for m in spec.members:
+        skipped = sorted(set(variants or ()) - set(member_variants[m.name]))
+        if skipped:
+            notes.append(f"{m.name}: cannot run as {', '.join(skipped)} (source {m.kind})")
+        if not member_variants[m.name]:
+            raise ProfileError(f"--variants: member '{m.name}' can run none of "
+                               f"{', '.join(variants or ())}; it can run "
+                               f"{', '.join(available_variants(m, include_opt_in=True))}")
+    load_before = load_average()
+    with _progress(progress) as bar:
+        checks = plan.run_checks(member_variants, bar)
+        entries = plan.run_measurements(member_variants, checks, chosen_devices,
+                                        shares_by_device, bar)
+    notes.extend(_contention_notes(entries))
+    members_out = []
+    for m in spec.members:
+        admitted = [v for v in member_variants[m.name] if checks[(m.name, v)]["admitted"]]
+        members_out.append({
+            "name": m.name,
+            "default_variant": default_variant(m),
+            "variants": admitted,
+            "fingerprint": member_fingerprint(spec, m),
+            "param_bytes": next((checks[(m.name, v)].get("weights_bytes") for v in admitted),
+                                None),
+            "checks": [checks[(m.name, v)] for v in member_variants[m.name]],
+        })
+    data: dict[str, Any] = {
+        "version": 1,
+        "ensemble": spec.name,
+        "devices": [d.to_dict() for d in chosen_devices],
+        "members": members_out,
+        "entries": entries,
+        "meta": {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host_cpu": cpu_model(),
+            "versions": library_versions(),
+            "repeats": repeats, "warmup": warmup,
+            "load_average_1min": {"start": load_before, "end": load_average()},
+            "latency": "median seconds per batch of member(batch) incl. preprocessing",
+            "memory": "peak RSS growth of the instance's process (CPU) / peak torch "
+                      "allocation (GPU): weights + working memory",
+            "notes": notes + stats.errors,
+        },
+    }
+    return data, stats
+
+
+@dataclass
+class _RunPlan:
+    """Works out which checks and entries are missing from the cache and runs them."""
+
+    spec: EnsembleSpec
+    spec_file: str
+    cache: ResultCache
+    batches: list[int]
+    repeats: int
+    warmup: int
+    max_seconds: float
+    stats: RunStats
+    notes: list[str]
+    refresh: bool = False
+
+    def _check_key(self, member: str, variant: str) -> str:
+        return self.cache.key(kind="check", fp=member_fingerprint(self.spec, member),
+                              variant=variant, opt_in=variant in REDUCED_PRECISION)
+
+    def run_checks(self, member_variants: Mapping[str, list[str]],
+                   bar: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        todo: list[tuple[str, str]] = []
+        for name, names in member_variants.items():
+            for v in names:
+                hit = self.cache.get("checks", self._check_key(name, v))
+                if hit is not None:
+                    results[(name, v)] = hit
+                    self.stats.cached_checks += 1
+                else:
+                    todo.append((name, v))
+        if not todo:
+            return results
+        task_id = bar.add_task("admission checks", total=len(todo))
+        for name, v in todo:
+            bar.update(task_id, description=f"check {name} as {v}")
+            got: dict[str, Any] = {}
+            errors: list[str] = []
+
+            def on_message(kind: str, payload: Any, got: dict[str, Any] = got,
+                           errors: list[str] = errors) -> None:
+                if kind == "check":
+                    got.update(payload)
+                elif kind == "error":
+                    errors.append(str(payload))
+
+            run_task(Task("check", self.spec_file, name, v, cache_dir=str(self.cache.root.parent),
+                            allow_reduced_precision=v in REDUCED_PRECISION), on_message)
+            self.stats.run_checks += 1
+            if not got:
+                got = {"member": name, "variant": v, "admitted": False, "rel_error": None,
+                       "reason": "; ".join(errors) or "no result"}
+            else:
+                self.cache.put("checks", self._check_key(name, v), got)
+            if not got["admitted"]:
+                self.notes.append(f"{name}: variant '{v}' not admitted: {got.get('reason')}")
+            results[(name, v)] = got
+            bar.advance(task_id)
+        return results
+
+    def _entry_key(self, member: str, variant: str, device: Device, share: float,
+                   batch: int) -> str:
+        return self.cache.key(kind="entry", fp=member_fingerprint(self.spec, member),
+                              device=device_identity(device), variant=variant, share=share,
+                              batch=batch, repeats=self.repeats, warmup=self.warmup)
+
+    def run_measurements(self, member_variants: Mapping[str, list[str]],
+                         checks: Mapping[tuple[str, str], Mapping[str, Any]],
+                         devices: Sequence[Device], shares_by_device: Mapping[str, list[float]],
+                         bar: Any) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        tasks: list[tuple[Task, Device, int | None]] = []
+        for m in self.spec.members:
+            for v in member_variants[m.name]:
+                check = checks[(m.name, v)]
+                if not check["admitted"]:
+                    continue
+                weights = check.get("weights_bytes")
+                for device in devices:
+                    for share in shares_by_device[device.id]:
+                        missing = []
+                        for b in self.batches:
+                            hit = None if self.refresh else self.cache.get(
+                                "entries", self._entry_key(m.name, v, device, share, b))
+                            if hit is not None:
+                                entries.append(hit)
+                                self.stats.cached_entries += 1
+                            else:
+                                missing.append(b)
+                        if missing:
+                            task = Task("measure", self.spec_file, m.name, v, device.id, share,
+                                         tuple(missing), self.repeats, self.warmup,
+                                         str(self.cache.root.parent),
+                                         use_mps=device.kind == "cuda" and share < 100,
+                                         max_seconds=self.max_seconds)
+                            tasks.append((task, device, weights))
+        if not tasks:
+            return _sorted_entries(entries)
+        task_id = bar.add_task("measuring", total=sum(len(t.batch_sizes) for t, _, _ in tasks))
+        for task, device, weights in tasks:
+            bar.update(task_id, description=f"{task.member} as {task.variant} on {device.id} "
+                                            f"share {task.share:g}")
+
+            def on_message(kind: str, payload: Any, device: Device = device,
+                           weights: int | None = weights, task: Task = task) -> None:
+                if kind == "entry":
+                    entry = dict(payload)
+                    entry["share"] = _number(entry["share"])
+                    if weights is not None:
+                        entry["weights_bytes"] = weights
+                        entry["memory_bytes"] = max(entry["memory_bytes"], weights)
+                    key = self._entry_key(entry["member"], entry["variant"], device,
+                                          float(entry["share"]), entry["batch_size"])
+                    self.cache.put("entries", key, entry)
+                    entries.append(entry)
+                    self.stats.measured_entries += 1
+                    bar.advance(task_id)
+                elif kind == "error":
+                    self.stats.errors.append(
+                        f"{task.member} as {task.variant} on {device.id} share "
+                        f"{task.share:g}: {payload}")
+
+            run_task(task, on_message)
+        return _sorted_entries(entries)
+
+
+def _contention_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A warning when other processes kept the cores busy while entries were measured."""
+    loads = [float(e["load_average_1min"]) for e in entries
+             if e.get("load_average_1min") is not None]
+    cores = os.cpu_count() or 1
+    if not loads or max(loads) <= cores:
+        return []
+    return [f"1-min load average up to {max(loads):.1f} on {cores} cores while measuring "
+            f"(median {statistics.median(loads):.1f}): latencies include contention from "
+            "other processes; re-measure on a quiet machine with --refresh"]
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _sorted_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(entries, key=lambda e: (e["member"], e.get("variant") or "", e["device"],
+                                          e["share"], e["batch_size"]))

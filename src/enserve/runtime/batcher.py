@@ -1,0 +1,120 @@
+"""Ensemble-level batching: concurrent requests are gathered once into one batch that every
+member consumes, each in chunks of its planned batch size."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from enserve.errors import OverloadedError
+
+
+@dataclass
+class PendingRequest:
+    """A validated request waiting for (or riding in) a batch."""
+
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: Future[Any]
+    want_member_logits: bool = True
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class RequestQueue:
+    """A bounded FIFO of requests; `put` rejects instead of blocking when full."""
+
+    def __init__(self, max_requests: int) -> None:
+        self._queue: queue.Queue[PendingRequest | None] = queue.Queue(maxsize=max_requests)
+        self.max_requests = max_requests
+
+    def put(self, request: PendingRequest) -> None:
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise OverloadedError(
+                f"overloaded: {self.max_requests} requests are already waiting; retry later"
+            ) from None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wake the consumer with an end marker (queued requests stay ahead of it)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+
+    def get(self, timeout: float | None = None) -> PendingRequest | None:
+        """The next request; None for the end marker; raises queue.Empty on timeout."""
+        return self._queue.get(timeout=timeout)
+
+    def get_nowait(self) -> PendingRequest | None:
+        return self._queue.get_nowait()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+
+class Gatherer:
+    """Builds batches of at most `max_rows` rows from a RequestQueue.
+
+    The first request waits for the batch; more are added while they fit, without waiting if
+    `busy()` says nothing else is in flight (an idle engine answers at once), else for up to
+    `max_delay_s` after the first request arrived. A request that would overflow the batch is
+    kept for the next one.
+    """
+
+    def __init__(
+        self, requests: RequestQueue, max_rows: int, max_delay_s: float,
+        busy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.requests = requests
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.busy = busy
+        self._carry: PendingRequest | None = None
+        self.closed = False
+
+    def first(self) -> PendingRequest | None:
+        """Block for the request that opens the next batch (None once closed and drained)."""
+        if self._carry is not None:
+            carried, self._carry = self._carry, None
+            return carried
+        if self.closed:
+            return None
+        req = self.requests.get()
+        if req is None:
+            self.closed = True
+        return req
+
+    def fill(self, batch: list[PendingRequest]) -> list[PendingRequest]:
+        """Add queued requests to `batch` (which holds the first one) until full or due."""
+        rows = sum(r.rows for r in batch)
+        deadline = batch[0].submitted + self.max_delay_s
+        while rows < self.max_rows and not self.closed:
+            wait = deadline - time.perf_counter() if self.busy() else 0.0
+            try:
+                req = self.requests.get(timeout=wait) if wait > 0 else self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if req is None:
+                self.closed = True
+                break
+            if rows + req.rows > self.max_rows:
+                self._carry = req
+                break
+            batch.append(req)
+            rows += req.rows
+        return batch
+
+
+def chunk_rows(rows: int, batch_size: int, replicas: int = 1) -> list[tuple[int, int]]:
+    """Split rows [0, rows) into chunks of at most `batch_size`, and into at least `replicas`
+    chunks when there are enough rows, so replicas of a member share a batch."""
+    replicas = max(1, min(replicas, rows))
+    size = max(1, min(batch_size, math.ceil(rows / replicas)))
+    return [(start, min(rows, start + size)) for start in range(0, rows, size)]

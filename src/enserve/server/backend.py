@@ -1,0 +1,132 @@
+"""What the server needs from whatever runs an ensemble, and the in-process implementation.
+
+`ReferenceBackend` runs the `ReferenceExecutor` in one worker thread, one batch at a time,
+timing each member and the combine step. `EngineBackend` (see `engine_backend.py`) wraps
+the multi-process runtime engine behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from enserve.errors import InferenceError
+from enserve.reference import ReferenceExecutor
+from enserve.request import EnsembleResult
+from enserve.server.errors import Code, ServerError
+from enserve.spec import EnsembleSpec
+
+# Request tensors are zero-copy views of the received bytes (read-only); members only read them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass
+class Timing:
+    """Where one request's time went (seconds)."""
+
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    member_s: dict[str, float] = field(default_factory=dict)
+    combine_s: float = 0.0
+
+    @property
+    def skew_s(self) -> float:
+        """Wait for the slowest member beyond the fastest one."""
+        if not self.member_s:
+            return 0.0
+        return max(self.member_s.values()) - min(self.member_s.values())
+
+
+@dataclass
+class Outcome:
+    result: EnsembleResult
+    timing: Timing
+
+
+class Backend(Protocol):
+    """Runs one loaded ensemble."""
+
+    spec: EnsembleSpec
+
+    def output_classes(self) -> int | None:
+        """Number of classes the members output (None if unknown)."""
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+        """Answer a validated batch; raise ServerError(TIMEOUT) if `deadline`
+        (time.monotonic()) passes before the batch starts."""
+
+    def stats(self) -> dict[str, Any]:
+        """Backend-specific counters (free form)."""
+
+    def memory_bytes(self) -> int:
+        """Host memory the loaded ensemble holds (for a memory budget)."""
+
+    def shutdown(self) -> None:
+        """Release threads, processes and memory (blocking)."""
+
+    async def close(self) -> None:
+        """`shutdown` without blocking the event loop."""
+
+
+BackendFactory = Callable[[EnsembleSpec], Backend]
+
+
+def check_deadline(deadline: float | None, started: float) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        waited = (time.monotonic() - started) * 1000
+        raise ServerError(f"request timed out after {waited:.1f} ms in the queue", Code.TIMEOUT)
+
+
+class ReferenceBackend:
+    """The reference executor in a single worker thread (the oracle, and a safe default)."""
+
+    def __init__(self, spec: EnsembleSpec, threads: int | None = None) -> None:
+        self.spec = spec
+        self.executor = ReferenceExecutor(spec, threads=threads)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enserve-{spec.name}")
+        self._batches = 0
+
+    def output_classes(self) -> int | None:
+        return int(self.executor.output_shape[-1])
+
+    def _run(self, inputs: Mapping[str, np.ndarray], deadline: float | None, submitted: float) -> Outcome:
+        check_deadline(deadline, submitted)
+        started = time.perf_counter()
+        queue_s = time.monotonic() - submitted
+        member_s: dict[str, float] = {}
+        logits: dict[str, np.ndarray] = {}
+        for m in self.spec.members:
+            t0 = time.perf_counter()
+            logits[m.name] = self.executor.members[m.name](inputs[self.spec.input_for(m).name])
+            member_s[m.name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = self.executor.combine(logits)
+        combine_s = time.perf_counter() - t0
+        self._batches += 1
+        return Outcome(result, Timing(queue_s, time.perf_counter() - started, member_s, combine_s))
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, self._run, inputs, deadline, time.monotonic())
+        except RuntimeError as exc:  # pool shut down by an unload racing this request
+            raise InferenceError(f"model '{self.spec.name}' was unloaded: {exc}") from None
+
+    def stats(self) -> dict[str, Any]:
+        return {"backend": "reference", "batches": self._batches}
+
+    def memory_bytes(self) -> int:
+        return sum(m.param_bytes() for m in self.executor.members.values())
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.shutdown)

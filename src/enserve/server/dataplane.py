@@ -1,0 +1,273 @@
+"""The Open Inference Protocol, written once: the HTTP and gRPC adapters only translate.
+
+Every method takes and returns plain Python objects (dicts in the protocol's JSON shape,
+`InferRequest`/`InferResponse`) and raises `ServerError` with a status for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+import numpy as np
+
+import enserve
+from enserve.datatypes import numpy_dtype, v2_datatype
+from enserve.repository import LoadedEnsemble, ModelRepository
+from enserve.request import validate_inputs
+from enserve.server.backend import Outcome, Timing
+from enserve.server.errors import Code, ServerError, as_server_error
+from enserve.server.limits import Admission, Limits
+from enserve.server.metrics import Metrics
+from enserve.server.protocol import InferRequest, InferResponse, tensor_from_bytes, timeout_deadline
+from enserve.server.stats import StatsBook
+from enserve.spec import EnsembleSpec, MemberSpec
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "statistics",
+    "model_repository",
+    "model_configuration",
+    "parameters",
+]
+MEMBER_PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+
+
+class DataPlane:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        limits: Limits | None = None,
+        repository_token: str | None = None,
+        backend_name: str = "reference",
+    ) -> None:
+        self.repository = repository
+        self.limits = limits or Limits()
+        self.admission = Admission(self.limits.max_pending)
+        self.stats = StatsBook()
+        self.metrics = Metrics(self.stats)
+        self.repository_token = repository_token
+        self.backend_name = backend_name
+        self.started = False
+
+    # --- health and metadata -----------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.started and not self.admission.draining
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "enserve", "version": enserve.__version__, "extensions": EXTENSIONS}
+
+    def _lookup(self, name: str, version: str) -> tuple[LoadedEnsemble, MemberSpec | None]:
+        loaded, member = self.repository.resolve(name)
+        if version and version != loaded.spec.version:
+            raise ServerError(
+                f"model '{name}' has no version '{version}' (versions: [{loaded.spec.version}])"
+            )
+        return loaded, member
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self._lookup(name, version)
+        except ServerError:
+            return False
+        return not self.admission.draining
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        loaded, member = self._lookup(name, version)
+        spec = loaded.spec
+        classes = loaded.backend.output_classes() or -1
+        if member is not None:
+            tensor = spec.input_for(member)
+            return {
+                "name": name, "versions": [spec.version],
+                "platform": MEMBER_PLATFORMS.get(member.kind, "pytorch"),
+                "inputs": [{"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}],
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]}],
+            }
+        return {
+            "name": name, "versions": [spec.version], "platform": "ensemble",
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.inputs],
+            "outputs": output_metadata(spec, classes),
+        }
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        """A Triton-shaped model configuration (valid protobuf JSON for `inference.ModelConfig`)."""
+        loaded, member = self._lookup(name, version)
+        meta = self.model_metadata(name, version)
+        config: dict[str, Any] = {
+            "name": name,
+            "platform": meta["platform"],
+            "max_batch_size": self.limits.max_batch,
+            "input": [_config_tensor(t) for t in meta["inputs"]],
+            "output": [_config_tensor(t) for t in meta["outputs"]],
+        }
+        spec = loaded.spec
+        if member is None:
+            config["ensemble_scheduling"] = {"step": [
+                {
+                    "model_name": f"{name}.{m.name}",
+                    "model_version": -1,
+                    "input_map": {spec.input_for(m).name: spec.input_for(m).name},
+                    "output_map": {"logits": f"logits_{m.name}"},
+                }
+                for m in spec.members
+            ]}
+            config["parameters"] = {
+                "combiner": {"string_value": spec.combiner},
+                "weights": {"string_value": ",".join(f"{w:g}" for w in spec.member_weights())},
+                "top_k": {"string_value": str(spec.top_k)},
+                "backend": {"string_value": self.backend_name},
+            }
+        else:
+            config["parameters"] = {"source": {"string_value": member.source}}
+        return config
+
+    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        if not name:
+            return {"model_stats": [s.to_dict() for s in self.stats.models.values()]}
+        loaded, _ = self._lookup(name, version)
+        return {"model_stats": [self.stats.of(name, loaded.spec.version).to_dict()]}
+
+    # --- inference ---------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        started = time.perf_counter()
+        async with self.repository.use(request.model_name) as (loaded, member):
+            if member is not None:
+                raise ServerError(
+                    f"'{request.model_name}' is a member of '{loaded.name}'; it is visible for "
+                    f"metadata and statistics, send inference requests to '{loaded.name}'"
+                )
+            if request.model_version and request.model_version != loaded.spec.version:
+                raise ServerError(f"model '{loaded.name}' has no version '{request.model_version}'")
+            stats = self.stats.of(loaded.name, loaded.spec.version)
+            with self.admission.admit():
+                stats.pending += 1
+                try:
+                    return await self._infer(loaded, request, started)
+                except Exception as exc:
+                    stats.record_failure(time.perf_counter() - started)
+                    raise as_server_error(exc) from None
+                finally:
+                    stats.pending -= 1
+
+    async def _infer(self, loaded: LoadedEnsemble, request: InferRequest, started: float) -> InferResponse:
+        spec = loaded.spec
+        inputs = self._request_inputs(spec, request)
+        deadline = _earliest(request.deadline, timeout_deadline(request.parameters, time.monotonic()))
+        input_s = time.perf_counter() - started
+        outcome = await self._run(loaded, inputs, deadline)
+        output_started = time.perf_counter()
+        names = [o.name for o in request.outputs] if request.outputs else None
+        outputs = outcome.result.outputs(spec, names)
+        batch = next(iter(inputs.values())).shape[0]
+        total_s = time.perf_counter() - started
+        self._record(loaded, batch, outcome.timing, input_s, time.perf_counter() - output_started, total_s)
+        return InferResponse(loaded.name, spec.version, request.id, outputs)
+
+    def _request_inputs(self, spec: EnsembleSpec, request: InferRequest) -> dict[str, np.ndarray]:
+        inputs = request.inputs
+        if request.raw_body is not None:
+            if len(spec.inputs) != 1:
+                raise ServerError("a raw binary request needs a model with exactly one input")
+            tensor = spec.inputs[0]
+            if any(d < 0 for d in tensor.shape[1:]):
+                raise ServerError(f"a raw binary request needs fixed input dims, '{tensor.name}' "
+                                  f"has shape {tensor.shape}")
+            shape = (1, *tensor.shape[1:])
+            inputs = {tensor.name: tensor_from_bytes(tensor.name, request.raw_body,
+                                                     numpy_dtype(tensor.datatype), shape)}
+        declared = {t.name: t.datatype for t in spec.inputs}
+        for name, arr in inputs.items():
+            want = declared.get(name)
+            if want is not None and v2_datatype(arr.dtype) != want:
+                raise ServerError(
+                    f"input '{name}': datatype {v2_datatype(arr.dtype)} given, {want} expected"
+                )
+        return validate_inputs(spec, inputs, max_batch=self.limits.max_batch)
+
+    async def _run(self, loaded: LoadedEnsemble, inputs: dict[str, np.ndarray],
+                   deadline: float | None) -> Outcome:
+        if deadline is None:
+            return await loaded.backend.infer(inputs, None)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServerError("request timed out before it was scheduled", Code.TIMEOUT)
+        try:
+            return await asyncio.wait_for(loaded.backend.infer(inputs, deadline), remaining)
+        except TimeoutError:
+            raise ServerError(
+                f"request timed out after {remaining * 1000:.1f} ms (parameters.timeout)", Code.TIMEOUT
+            ) from None
+
+    def _record(self, loaded: LoadedEnsemble, batch: int, timing: Timing, input_s: float,
+                output_s: float, total_s: float) -> None:
+        version = loaded.spec.version
+        self.stats.of(loaded.name, version).record_success(
+            batch, total_s, timing.queue_s, input_s, timing.compute_s, output_s
+        )
+        for member, seconds in timing.member_s.items():
+            self.stats.of(f"{loaded.name}.{member}", version).record_success(
+                batch, seconds, 0.0, 0.0, seconds, 0.0
+            )
+        self.metrics.observe(loaded.name, timing, total_s)
+
+    # --- repository --------------------------------------------------------------------
+    def authorize(self, authorization: str | None) -> None:
+        """Check `Authorization: Bearer <token>` when a repository token is configured."""
+        if self.repository_token is None:
+            return
+        expected = f"Bearer {self.repository_token}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise ServerError("the repository endpoints need 'Authorization: Bearer <token>'",
+                              Code.UNAUTHORIZED)
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        if parameters and any(k == "config" or k.startswith("file:") for k in parameters):
+            raise ServerError("load: 'config' and 'file:' overrides are not supported; "
+                              "edit the ensemble's folder and load again")
+        await self.repository.load(name)
+
+    async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        await self.repository.unload(name)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Refuse new requests, then wait (bounded) for the admitted ones to finish."""
+        self.admission.draining = True
+        until = time.monotonic() + self.limits.drain_timeout_s
+        while self.admission.pending and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+
+
+def output_metadata(spec: EnsembleSpec, classes: int) -> list[dict[str, Any]]:
+    k = min(spec.top_k, classes) if classes > 0 else -1
+    outputs: list[dict[str, Any]] = [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+        {"name": "agreement", "datatype": v2_datatype(np.dtype(np.int32)), "shape": [-1]},
+        {"name": "top_k_indices", "datatype": "INT64", "shape": [-1, k]},
+        {"name": "top_k_scores", "datatype": "FP32", "shape": [-1, k]},
+    ]
+    outputs += [{"name": f"logits_{m.name}", "datatype": "FP32", "shape": [-1, classes]}
+                for m in spec.members]
+    return outputs
+
+
+def _config_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
+    return {"name": tensor["name"], "data_type": f"TYPE_{tensor['datatype']}",
+            "dims": tensor["shape"][1:]}
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

@@ -1,0 +1,86 @@
+"""The runtime engine (one worker process per planned instance) behind the server's Backend.
+
+The engine validates, batches and combines by itself; this adapter only starts it (with
+`plan.json` from the ensemble's folder, else a plan made from its `profile.json`, else the
+engine's default plan), learns the class count with one
+probe request, and maps its answers onto `Outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from enserve.datatypes import numpy_dtype
+from enserve.server.backend import Outcome, Timing
+from enserve.spec import EnsembleSpec
+
+PLAN_FILE = "plan.json"
+PROFILE_FILE = "profile.json"
+
+
+def engine_available() -> str | None:
+    """None when `enserve.runtime.engine.Engine` can be used, else the reason it can't."""
+    try:
+        module = importlib.import_module("enserve.runtime.engine")
+    except ImportError as exc:
+        return f"the runtime engine is not available ({exc})"
+    if not hasattr(module, "Engine"):
+        return "enserve.runtime.engine has no Engine"
+    return None
+
+
+class EngineBackend:
+    def __init__(self, spec: EnsembleSpec, max_batch: int = 256, max_queue: int = 1024) -> None:
+        from enserve.runtime.engine import Engine
+
+        self.spec = spec
+        plan_file, profile_file = spec.base_dir / PLAN_FILE, spec.base_dir / PROFILE_FILE
+        self.engine = Engine(
+            spec, plan=plan_file if plan_file.is_file() else None,
+            profile=profile_file if profile_file.is_file() and not plan_file.is_file() else None,
+            max_batch=max_batch, max_queue=max_queue,
+        )
+        self.engine.start()
+        try:
+            probe = {
+                t.name: np.ones((1, *t.shape[1:]), dtype=numpy_dtype(t.datatype)) for t in spec.inputs
+            }
+            self._classes = int(self.engine.infer_sync(probe, timeout=120).probabilities.shape[-1])
+        except BaseException:
+            self.engine.stop()
+            raise
+
+    def output_classes(self) -> int | None:
+        return self._classes
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+        started = time.perf_counter()
+        result = await self.engine.infer(inputs)
+        return Outcome(result, Timing(compute_s=time.perf_counter() - started))
+
+    def stats(self) -> dict[str, Any]:
+        return self.engine.stats()
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the engine's worker processes."""
+        import psutil
+
+        total = 0
+        for pid in self.engine.worker_pids().values():
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def shutdown(self) -> None:
+        self.engine.stop()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.shutdown)

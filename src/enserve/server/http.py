@@ -1,0 +1,211 @@
+"""The REST adapter: Open Inference Protocol paths on FastAPI, translating to the DataPlane."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from enserve.server.codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from enserve.server.dataplane import DataPlane
+from enserve.server.errors import Code, ServerError, as_server_error
+
+log = logging.getLogger("enserve.server")
+OFFLOAD_BYTES = 256 * 1024
+"""JSON bodies (and outputs) larger than this are decoded (encoded) in a worker thread."""
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def error_response(exc: ServerError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.code is Code.UNAVAILABLE else None
+    return JSONResponse({"error": exc.message}, status_code=exc.code.http_status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed per `Content-Encoding`, never more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServerError(f"request body of {declared} bytes exceeds the limit {limit}", Code.TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServerError(f"request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in _WBITS:
+        raise ServerError(f"Content-Encoding '{encoding}' is not supported (gzip, deflate)",
+                          Code.UNSUPPORTED_ENCODING)
+    inflater = zlib.decompressobj(_WBITS[encoding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ServerError(f"request body is not valid {encoding}: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise ServerError(f"decompressed request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
+    return data
+
+
+def compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
+    """Compress the response if the client asked for gzip or deflate."""
+    accepted = request.headers.get("accept-encoding", "")
+    for encoding in ("gzip", "deflate"):
+        if encoding in accepted:
+            packer = zlib.compressobj(1, zlib.DEFLATED, _WBITS[encoding])
+            return packer.compress(body) + packer.flush(), {"Content-Encoding": encoding}
+    return body, {}
+
+
+async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ServerError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ServerError("request body must be a JSON object")
+    return data
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ServerError("'parameters' must be a JSON object")
+    return params
+
+
+def build_app(plane: DataPlane) -> FastAPI:
+    app = FastAPI(title="enserve", version="2", description="Open Inference Protocol (KServe v2)")
+    limit = plane.limits.max_body_bytes
+
+    @app.exception_handler(ServerError)
+    async def _server_error(request: Request, exc: ServerError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(as_server_error(exc))
+
+    def status(ok: bool, key: str) -> Response:
+        return JSONResponse({key: ok}, status_code=200 if ok else 400)
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return status(plane.live(), "live")
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        return status(plane.ready(), "ready")
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return JSONResponse(plane.server_metadata())
+
+    @app.get("/v2/models/stats")
+    async def all_stats() -> Response:
+        return JSONResponse(plane.statistics())
+
+    @app.get("/v2/models/{model}")
+    @app.get("/v2/models/{model}/versions/{version}")
+    async def model_metadata(model: str, version: str = "") -> Response:
+        return JSONResponse(plane.model_metadata(model, version))
+
+    @app.get("/v2/models/{model}/ready")
+    @app.get("/v2/models/{model}/versions/{version}/ready")
+    async def model_ready(model: str, version: str = "") -> Response:
+        return status(plane.model_ready(model, version), "ready")
+
+    @app.get("/v2/models/{model}/config")
+    @app.get("/v2/models/{model}/versions/{version}/config")
+    async def model_config(model: str, version: str = "") -> Response:
+        return JSONResponse(plane.model_config(model, version))
+
+    @app.get("/v2/models/{model}/stats")
+    @app.get("/v2/models/{model}/versions/{version}/stats")
+    async def model_stats(model: str, version: str = "") -> Response:
+        return JSONResponse(plane.statistics(model, version))
+
+    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/versions/{version}/infer")
+    async def infer(model: str, request: Request, version: str = "") -> Response:
+        body = await read_body(request, limit)
+        header = request.headers.get(HEADER_LENGTH)
+        header_length: int | None = None
+        if header is not None:
+            if not header.strip().isdigit():
+                raise ServerError(f"{HEADER_LENGTH} must be a non-negative integer, got '{header}'")
+            header_length = int(header)
+        big_json = len(body) > OFFLOAD_BYTES and header_length is None
+        if big_json:  # parsing megabytes of JSON would stall every other request
+            infer_request = await asyncio.to_thread(
+                decode_infer_request, model, version, body, header_length, plane.limits
+            )
+        else:
+            infer_request = decode_infer_request(model, version, body, header_length, plane.limits)
+        response = await plane.infer(infer_request)
+        if big_json or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
+            payload, json_length = await asyncio.to_thread(encode_infer_response, response, infer_request)
+        else:
+            payload, json_length = encode_infer_response(response, infer_request)
+        payload, headers = compress(payload, request)
+        if json_length is not None:
+            headers[HEADER_LENGTH] = str(json_length)
+            return Response(payload, media_type="application/octet-stream", headers=headers)
+        return Response(payload, media_type="application/json", headers=headers)
+
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> Response:
+        plane.authorize(request.headers.get("authorization"))
+        body = await json_body(request, limit)
+        ready_only = body.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise ServerError("'ready' must be true or false")
+        return JSONResponse(plane.repository_index(ready_only))
+
+    @app.post("/v2/repository/models/{model}/load")
+    async def load(model: str, request: Request) -> Response:
+        plane.authorize(request.headers.get("authorization"))
+        body = await json_body(request, limit)
+        await plane.load(model, _parameters(body))
+        return JSONResponse({})
+
+    @app.post("/v2/repository/models/{model}/unload")
+    async def unload(model: str, request: Request) -> Response:
+        plane.authorize(request.headers.get("authorization"))
+        body = await json_body(request, limit)
+        await plane.unload(model, _parameters(body))
+        return JSONResponse({})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(plane.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def build_metrics_app(plane: DataPlane) -> FastAPI:
+    """The metrics port's app: only `GET /metrics`."""
+    app = FastAPI(title="enserve metrics", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(plane.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,140 @@
+"""Prometheus text for `/metrics`: Triton's `nv_*` families plus ensemble-specific ones.
+
+The `nv_inference_*` counters are rendered from the same `StatsBook` the statistics
+endpoints read (one source of truth) with Triton's exact names (no `_total` suffix).
+Ensemble metrics are prometheus-client histograms: per-member latency, skew (the wait
+for the slowest member) and combine time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import psutil
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from enserve.server.backend import Timing
+from enserve.server.stats import ModelStats, StatsBook
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+_COUNTERS: list[tuple[str, str, str]] = [
+    ("nv_inference_request_success", "Number of successful inference requests", "success.count"),
+    ("nv_inference_request_failure", "Number of failed inference requests", "fail.count"),
+    ("nv_inference_count", "Number of inferences performed (batch size summed)", "inference_count"),
+    ("nv_inference_exec_count", "Number of model executions (batches)", "execution_count"),
+    ("nv_inference_request_duration_us", "Cumulative request duration in microseconds", "success.us"),
+    ("nv_inference_queue_duration_us", "Cumulative queue duration in microseconds", "queue.us"),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+     "compute_input.us"),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
+     "compute_infer.us"),
+    ("nv_inference_compute_output_duration_us", "Cumulative compute output duration in microseconds",
+     "compute_output.us"),
+]
+
+
+def _value(stats: ModelStats, path: str) -> float:
+    if "." not in path:
+        return float(getattr(stats, path))
+    attr, unit = path.split(".")
+    duration = getattr(stats, attr)
+    return float(duration.count) if unit == "count" else duration.ns / 1000.0
+
+
+def _labels(**labels: str) -> str:
+    escaped = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in labels.values())
+    return ",".join(f'{k}="{v}"' for k, v in zip(labels, escaped, strict=True))
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _family(name: str, help_text: str, kind: str, samples: Iterable[tuple[str, float]]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{{{labels}}} {_number(value)}" if labels else f"{name} {_number(value)}"
+              for labels, value in samples]
+    return lines
+
+
+class Metrics:
+    """Collects ensemble histograms and renders everything as Prometheus text."""
+
+    def __init__(self, stats: StatsBook) -> None:
+        self.stats = stats
+        self.registry = CollectorRegistry()
+        self.member_latency = Histogram(
+            "enserve_member_latency_seconds", "Time one member took on one batch",
+            ["model", "member"], buckets=BUCKETS, registry=self.registry,
+        )
+        self.member_skew = Histogram(
+            "enserve_member_skew_seconds",
+            "Wait for the slowest member beyond the fastest one, per batch",
+            ["model"], buckets=BUCKETS, registry=self.registry,
+        )
+        self.combine = Histogram(
+            "enserve_combine_seconds", "Time spent combining member outputs, per batch",
+            ["model"], buckets=BUCKETS, registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "enserve_request_latency_seconds", "End-to-end server time of successful requests",
+            ["model"], buckets=BUCKETS, registry=self.registry,
+        )
+        psutil.cpu_percent(None)  # prime the utilization counter
+
+    def observe(self, model: str, timing: Timing, total_s: float) -> None:
+        for member, seconds in timing.member_s.items():
+            self.member_latency.labels(model, member).observe(seconds)
+        if timing.member_s:
+            self.member_skew.labels(model).observe(timing.skew_s)
+        self.combine.labels(model).observe(timing.combine_s)
+        self.request_latency.labels(model).observe(total_s)
+
+    def triton_text(self) -> str:
+        models = list(self.stats.models.values())
+        lines: list[str] = []
+        for name, help_text, path in _COUNTERS:
+            lines += _family(name, help_text, "counter", (
+                (_labels(model=s.name, version=s.version), _value(s, path)) for s in models
+            ))
+        pending = ((_labels(model=s.name, version=s.version), float(s.pending)) for s in models)
+        lines += _family("nv_inference_pending_request_count",
+                         "Instantaneous number of pending requests", "gauge", pending)
+        memory = psutil.virtual_memory()
+        lines += _family("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "gauge",
+                         [("", psutil.cpu_percent(None) / 100.0)])
+        lines += _family("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "gauge",
+                         [("", float(memory.total))])
+        lines += _family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge",
+                         [("", float(memory.total - memory.available))])
+        lines += _gpu_lines()
+        return "\n".join(lines) + "\n"
+
+    def render(self) -> bytes:
+        return self.triton_text().encode() + generate_latest(self.registry)
+
+
+def _gpu_lines() -> list[str]:
+    try:
+        import torch
+
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return []  # never create a CUDA context just to report on it
+        count = torch.cuda.device_count()
+        totals, used, util = [], [], []
+        for i in range(count):
+            free, total = torch.cuda.mem_get_info(i)
+            label = _labels(gpu_uuid=str(torch.cuda.get_device_properties(i).uuid))
+            totals.append((label, float(total)))
+            used.append((label, float(total - free)))
+            with contextlib.suppress(Exception):  # needs pynvml; optional
+                util.append((label, torch.cuda.utilization(i) / 100.0))
+    except Exception:
+        return []
+    lines = _family("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", "gauge", totals)
+    lines += _family("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", "gauge", used)
+    if util:
+        lines += _family("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0]", "gauge", util)
+    return lines

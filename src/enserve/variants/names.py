@@ -1,0 +1,24 @@
+"""Variant names and which members can use them (no torch import: cheap for the CLI)."""
+
+from __future__ import annotations
+
+from enserve.spec import MemberSpec
+
+#: Every variant name, in the order the profiler tries them.
+VARIANTS = ("eager", "channels_last", "torchscript", "onnx", "export", "compile", "bf16")
+#: Variants used only when asked for by name: slow to build (compile) or not exact (bf16).
+OPT_IN = frozenset({"compile", "bf16"})
+#: Variants whose outputs are not expected to match fp32 within the admission tolerance.
+REDUCED_PRECISION = frozenset({"bf16"})
+
+
+def default_variant(member: MemberSpec) -> str:
+    """The variant a member runs as when a plan names none."""
+    return "onnx" if member.kind == "onnx" else "eager"
+
+
+def available_variants(member: MemberSpec, include_opt_in: bool = False) -> list[str]:
+    """Variants that can be built for this member's source (admission is checked separately)."""
+    if member.kind == "onnx":
+        return ["onnx"]
+    return [v for v in VARIANTS if include_opt_in or v not in OPT_IN]

@@ -1,0 +1,216 @@
+"""DataPlane and repository in-process, with a controllable fake backend: overload,
+timeouts, drain, unload waiting for requests, names that try to leave the repository."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from enserve.repository import ModelRepository
+from enserve.request import EnsembleResult
+from enserve.server.backend import Outcome, Timing, check_deadline
+from enserve.server.dataplane import DataPlane
+from enserve.server.errors import Code, ServerError
+from enserve.server.limits import Limits
+from enserve.server.protocol import InferRequest
+from enserve.spec import EnsembleSpec
+
+
+class GatedBackend:
+    """Answers only when `gate` is set; counts what it ran."""
+
+    def __init__(self, spec: EnsembleSpec) -> None:
+        self.spec = spec
+        self.gate = asyncio.Event()
+        self.ran = 0
+        self.closed = False
+
+    def output_classes(self) -> int | None:
+        return 5
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+        submitted = time.monotonic()
+        await self.gate.wait()
+        check_deadline(deadline, submitted)
+        self.ran += 1
+        batch = next(iter(inputs.values())).shape[0]
+        logits = np.zeros((batch, 5), np.float32)
+        probs = np.full((batch, 5), 0.2, np.float32)
+        members = {m.name: logits for m in self.spec.members}
+        return Outcome(EnsembleResult(probs, np.zeros(batch, np.int32), members),
+                       Timing(0.0, 0.001, {m: 0.001 for m in members}, 0.0001))
+
+    def stats(self) -> dict[str, Any]:
+        return {"ran": self.ran}
+
+    def memory_bytes(self) -> int:
+        return 1000
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+    async def close(self) -> None:
+        self.shutdown()
+
+
+def _plane(repo: Path, **limits: Any) -> tuple[DataPlane, dict[str, GatedBackend]]:
+    backends: dict[str, GatedBackend] = {}
+
+    def factory(spec: EnsembleSpec) -> GatedBackend:
+        backends[spec.name] = GatedBackend(spec)
+        return backends[spec.name]
+
+    plane = DataPlane(ModelRepository(repo, factory, unload_timeout_s=5), Limits(**limits))
+    plane.started = True
+    return plane, backends
+
+
+def _request(batch: int = 1, **parameters: Any) -> InferRequest:
+    return InferRequest("tiny", inputs={"x": np.ones((batch, 6), np.float32)}, parameters=parameters)
+
+
+def test_overload_is_a_clear_503(repo: Path) -> None:
+    async def main() -> None:
+        plane, backends = _plane(repo, max_pending=2)
+        await plane.repository.load("tiny")
+        held = [asyncio.create_task(plane.infer(_request())) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServerError, match="overloaded") as info:
+            await plane.infer(_request())
+        assert info.value.code is Code.UNAVAILABLE and info.value.code.http_status == 503
+        backends["tiny"].gate.set()
+        assert all(r.outputs["probabilities"].shape == (1, 5) for r in await asyncio.gather(*held))
+        await plane.infer(_request())  # room again
+
+    asyncio.run(main())
+
+
+def test_timeout_parameter(repo: Path) -> None:
+    async def main() -> None:
+        plane, backends = _plane(repo)
+        await plane.repository.load("tiny")
+        started = time.monotonic()
+        with pytest.raises(ServerError, match="timed out") as info:
+            await plane.infer(_request(timeout=50_000))  # 50 ms, in microseconds
+        assert info.value.code is Code.TIMEOUT
+        assert time.monotonic() - started < 2
+        assert plane.stats.of("tiny", "1").fail.count == 1
+        backends["tiny"].gate.set()
+        assert (await plane.infer(_request(timeout=5_000_000))).outputs
+
+    asyncio.run(main())
+
+
+def test_drain_finishes_admitted_requests_and_refuses_new(repo: Path) -> None:
+    async def main() -> None:
+        plane, backends = _plane(repo)
+        await plane.repository.load("tiny")
+        admitted = [asyncio.create_task(plane.infer(_request(b))) for b in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        drain = asyncio.create_task(plane.drain())
+        await asyncio.sleep(0.05)
+        assert not plane.ready()
+        with pytest.raises(ServerError, match="shutting down"):
+            await plane.infer(_request())
+        assert not drain.done()
+        backends["tiny"].gate.set()
+        await drain
+        answers = await asyncio.gather(*admitted)
+        assert [a.outputs["probabilities"].shape[0] for a in answers] == [1, 2, 3]
+
+    asyncio.run(main())
+
+
+def test_unload_waits_for_requests_in_flight(repo: Path) -> None:
+    async def main() -> None:
+        plane, backends = _plane(repo)
+        await plane.repository.load("tiny")
+        backend = backends["tiny"]
+        running = asyncio.create_task(plane.infer(_request()))
+        await asyncio.sleep(0.05)
+        unload = asyncio.create_task(plane.unload("tiny"))
+        await asyncio.sleep(0.05)
+        assert not backend.closed and not unload.done()
+        assert not plane.model_ready("tiny")
+        backend.gate.set()
+        assert (await running).outputs
+        await unload
+        assert backend.closed
+        assert plane.repository.index()[0]["name"] == "broken"
+        states = {r["name"]: r["state"] for r in plane.repository_index()}
+        assert states["tiny"] == "UNAVAILABLE"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "", "tiny/../pix", "%2e%2e", "outside"])
+def test_names_cannot_leave_the_repository(repo: Path, tmp_path: Path, name: str) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "ensemble.yaml").write_text((repo / "tiny" / "ensemble.yaml").read_text())
+    link = repo / "outside"
+    if not link.exists():
+        link.symlink_to(outside, target_is_directory=True)
+    try:
+        plane, _ = _plane(repo)
+        with pytest.raises(ServerError) as info:
+            asyncio.run(plane.load(name))
+        assert info.value.code in (Code.BAD_REQUEST, Code.NOT_FOUND)
+        assert "outside" not in plane.repository.names()
+    finally:
+        link.unlink()
+
+
+def test_bearer_token(repo: Path) -> None:
+    plane, _ = _plane(repo)
+    plane.repository_token = "t0k"
+    plane.authorize("Bearer t0k")
+    for bad in (None, "Bearer nope", "t0k", "bearer t0k"):
+        with pytest.raises(ServerError) as info:
+            plane.authorize(bad)
+        assert info.value.code.http_status == 401
+
+
+def test_memory_budget_loads_on_demand_and_evicts(repo: Path) -> None:
+    from enserve.repository import BudgetedRepository
+
+    async def main() -> None:
+        backends: dict[str, list[GatedBackend]] = {}
+
+        def factory(spec: EnsembleSpec) -> GatedBackend:
+            backend = GatedBackend(spec)
+            backend.gate.set()
+            backends.setdefault(spec.name, []).append(backend)
+            return backend
+
+        repository = BudgetedRepository(repo, factory, budget_bytes=1500, idle_unload_s=None)
+        plane = DataPlane(repository, Limits())
+        plane.started = True
+        try:
+            assert not plane.model_ready("tiny")
+            assert (await plane.infer(_request())).outputs  # loads on the first request
+            assert plane.model_ready("tiny") and plane.model_ready("tiny.mlp")
+            await plane.load("pix")  # 1000 + 1000 > 1500: tiny (idle) is evicted
+            assert backends["tiny"][0].closed
+            states = {r["name"]: r for r in plane.repository_index()}
+            assert states["pix"]["state"] == "READY" and states["tiny"]["state"] == "UNAVAILABLE"
+            assert "next request" in states["tiny"]["reason"]
+            assert (await plane.infer(_request(2))).outputs["probabilities"].shape == (2, 5)
+            assert len(backends["tiny"]) == 2 and backends["pix"][0].closed
+            await plane.unload("tiny")  # explicit: stays unloaded until an explicit load
+            with pytest.raises(ServerError, match="not ready"):
+                await plane.infer(_request())
+            await plane.load("tiny")
+            assert plane.model_ready("tiny")
+            with pytest.raises(ServerError, match="unknown model"):
+                await plane.infer(InferRequest("nope", inputs={"x": np.ones((1, 6), np.float32)}))
+        finally:
+            await repository.close()
+
+    asyncio.run(main())
