@@ -187,3 +187,12 @@ def test_cpu_ensemble_time_shares_two_cores() -> None:
     best = 2 / sum(lat.values())  # all core-time used at one core per member
     for algorithm in ("greedy", "exact"):
         assert plan(prof, algorithm).predicted.throughput == pytest.approx(best, rel=1e-6)
+
+
+def test_exact_may_fill_memory_to_the_byte() -> None:
+    # three quarter-GPU instances of 1 GiB each fill a 3 GiB GPU exactly and all help
+    prof = profile([gpu(0, 3)], [entry("a", "cuda:0", 4, 25, 0.1, 1)])
+    for algorithm in ("exact", "greedy"):
+        result = plan(prof, algorithm)
+        assert len(result.instances) == 3
+        assert result.predicted.throughput == pytest.approx(120)

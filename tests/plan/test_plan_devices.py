@@ -56,3 +56,19 @@ def test_detect_finds_this_cpu() -> None:
     devices = detect_devices(include_cuda=False)
     assert devices[0].id == "cpu" and devices[0].kind == "cpu"
     assert devices[0].compute_units >= 1 and devices[0].memory_bytes > 2**20
+
+
+def test_detect_lists_cuda_devices_torch_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch with a stand-in torch (no GPU on this machine)."""
+    import sys
+    import types
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                                 get_device_properties=lambda index: Props())
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    devices = detect_devices()
+    assert [d.id for d in devices] == ["cpu", "cuda:0", "cuda:1"]
+    assert devices[1] == Device("cuda:0", "cuda", 80 * 2**30, 100.0)

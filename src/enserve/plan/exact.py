@@ -29,6 +29,7 @@ from enserve.plan.search import climb
 TIME_LIMIT_S = 60.0
 MIP_REL_GAP = 1e-5  # optimality is proven to within this relative gap
 _GIB = float(2**30)  # memory rows in GiB keep the coefficients well scaled
+_MEMORY_MARGIN_GIB = 2e-7  # ~200 bytes: covers the solver's feasibility tolerance
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _build(problem: Problem, objective: str | None) -> tuple[_Model, list[int]]:
     for d in range(problem.n_devices):
         on = problem.options_on(d)
         model.row([(n[k], problem.mem[k] / _GIB) for k in on],
-                  upper=float(problem.usable_mem[d]) / _GIB - 1e-6)
+                  upper=float(problem.usable_mem[d]) / _GIB - _MEMORY_MARGIN_GIB)
         model.row([(n[k], 1.0) for k in on], upper=float(c.max_instances_per_device))
         if not c.time_sharing:
             model.row([(n[k], problem.share[k]) for k in on], upper=float(problem.units[d]))

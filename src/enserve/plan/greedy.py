@@ -20,8 +20,12 @@ second (12 models on 4 GPUs: ~0.3 s here).
 
 from __future__ import annotations
 
+from contextlib import suppress
+from dataclasses import replace
+
 import numpy as np
 
+from enserve.errors import PlanError
 from enserve.plan.cost import require_feasible, throughput
 from enserve.plan.packing import worst_fit_decreasing
 from enserve.plan.problem import EPS, IntArray, Problem
@@ -82,6 +86,12 @@ def greedy(problem: Problem, seed: int = 0) -> IntArray:
         built = _target_start(problem, floor * 0.5, order)
         if built is not None:
             consider(climb(problem, built))
+    if problem.objective == "latency" and problem.constraints.min_throughput is not None:
+        # also start from the fastest plan ignoring the floor, then add capacity: a climb
+        # that meets the floor first tends to get there with slow, large batches
+        free = replace(problem, constraints=replace(problem.constraints, min_throughput=None))
+        with suppress(PlanError):  # if the bound alone is impossible, the main search says why
+            consider(climb(problem, greedy(free, seed)))
     for _ in range(1 if large else KICKS):
         consider(climb(problem, _kick(problem, best, rng)))
     best = climb(problem, best, clean=True)
