@@ -134,3 +134,42 @@ def test_bench_sweep_writes_a_png(tiny_spec_path: Path, tmp_path: Path, capsys):
 def test_bench_rejects_bad_arguments(tiny_spec_path: Path, capsys):
     assert main(["bench", str(tiny_spec_path), "--duration", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_bench_fusion_on_with_unfused_baseline(tiny_spec_path: Path, capsys):
+    code = main(["bench", str(tiny_spec_path), "--duration", "0.4", "--warmup", "0.1",
+                 "--concurrency", "2", "--fusion", "on", "--baseline", "unfused", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fusion"]["groups"] == ["fx:a+b"]
+    assert {i["member"] for i in report["enserve"]["instances"]} == {"fx:a+b"}
+    assert set(report["ratios"]) == {"unfused"} and report["ratios"]["unfused"] > 0
+    unfused = report["baselines"]["unfused"]
+    assert unfused["throughput"] > 0
+    assert {i["member"] for i in unfused["instances"]} == {"a", "b"}
+
+
+def test_bench_unfused_baseline_is_skipped_without_fused_groups(tiny_spec_path: Path, capsys):
+    code = main(["bench", str(tiny_spec_path), "--duration", "0.3", "--warmup", "0.1",
+                 "--concurrency", "1", "--fusion", "off", "--baseline", "unfused", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fusion"]["groups"] == [] and report["ratios"] == {}
+    assert "no fused group" in report["notes"][0]
+
+
+def test_resolve_plan_under_each_fusion_mode(tiny_spec_path: Path):
+    from enserve.bench.plans import resolve_plan
+    from enserve.errors import EnserveError
+
+    spec = load_spec(tiny_spec_path)
+    fused = {"instances": [{"member": "fx:a+b", "variant": "fused-fx", "device": "cpu",
+                            "batch_size": 4, "share": 2, "memory_bytes": 0}]}
+    off = resolve_plan(spec, fused, None, "off", cores=2).plan
+    assert [(i["member"], i["share"]) for i in off["instances"]] == [("a", 1.0), ("b", 1.0)]
+    assert resolve_plan(spec, fused, None, "auto", cores=2).plan is fused
+    with pytest.raises(EnserveError, match="uses no fused group"):
+        resolve_plan(spec, off, None, "on", cores=2)
+    default_on = resolve_plan(spec, None, None, "on", cores=2)
+    assert [i["member"] for i in default_on.plan["instances"]] == ["fx:a+b", "fx:a+b"]
+    assert resolve_plan(spec, None, None, "auto", cores=2).plan is None

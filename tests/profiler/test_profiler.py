@@ -14,7 +14,8 @@ from enserve.errors import ProfileError
 from enserve.profile_format import Profile, load_profile, profile_from_dict
 from enserve.profiler import default_cpu_shares, profile_spec, profile_spec_dict
 
-FAST = {"batch_sizes": (1, 2), "shares": [1], "repeats": 2, "warmup": 1, "progress": False}
+FAST = {"batch_sizes": (1, 2), "shares": [1], "repeats": 2, "warmup": 1, "progress": False,
+        "fusion": "off"}
 
 
 def test_profile_has_an_entry_per_setting_and_validates(
@@ -55,13 +56,13 @@ def test_profile_spec_returns_profile_and_skips_unrunnable_variant(
     tiny_spec_path: Path, tmp_path: Path
 ) -> None:
     profile = profile_spec(tiny_spec_path, variants=["eager"], cache_dir=tmp_path, batch_sizes=(1,),
-                           shares=[1], repeats=1, warmup=0, progress=False)
+                           shares=[1], repeats=1, warmup=0, progress=False, fusion="off")
     assert isinstance(profile, Profile)
     assert len(profile.entries) == 2
     assert {e.variant for e in profile.entries} == {"eager"}
     _, stats = profile_spec_dict(tiny_spec_path, variants=["eager"], cache_dir=tmp_path,
                                  batch_sizes=(1,), shares=[1], repeats=1, warmup=0,
-                                 progress=False, refresh=True)
+                                 progress=False, refresh=True, fusion="off")
     assert stats.measured_entries == 2 and stats.cached_entries == 0
 
 
@@ -70,7 +71,7 @@ def test_cli_writes_a_loadable_profile(tiny_spec_path: Path, tmp_path: Path,
     out = tmp_path / "profile.json"
     code = main(["profile", str(tiny_spec_path), "--variants", "eager", "--batch-sizes", "1",
                  "--shares", "1", "--repeats", "1", "--warmup", "0", "--no-progress",
-                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--fusion", "off"])
     assert code == 0
     profile = load_profile(out)
     assert {e.member for e in profile.entries} == {"tiny", "other"}

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 
 from enserve.bench.load import LoadResult, Target, run_load
+from enserve.bench.plans import resolve_plan
+from enserve.bench.remote import RemoteTarget, connect, run_remote_round
 from enserve.bench.targets import InProcessServer, build_baseline
+from enserve.fusion.planning import plan_groups, unfuse_plan
 from enserve.runtime import Engine
 from enserve.runtime.stats import kernel_bound_throughput, percentiles
 from enserve.spec import EnsembleSpec
@@ -37,6 +40,8 @@ class BenchConfig:
     inflight_batches: int = 2
     pin: bool = True
     seed: int = 0
+    fusion: str = "auto"
+    urls: list[str] = field(default_factory=list)
 
     def level(self) -> float:
         return self.concurrency if self.mode == "closed" else self.rate
@@ -91,20 +96,37 @@ def _merge(results: list[LoadResult]) -> dict[str, Any]:
 
 
 class BenchSession:
-    """The engine and the baselines, started once and measured at one or more levels."""
+    """The engine and the baselines, started once and measured at one or more levels.
+
+    The plan is resolved under `cfg.fusion` (`enserve.bench.plans.resolve_plan`); the
+    `unfused` baseline is a second engine running the same plan with every fused group
+    split into its members (`enserve.fusion.planning.unfuse_plan`)."""
 
     def __init__(self, spec: EnsembleSpec, plan: Any, cfg: BenchConfig, profile: Any = None,
                  progress: Callable[[str], None] = print) -> None:
         self.spec, self.cfg, self.progress = spec, cfg, progress
         self.threads = cfg.threads or len(os.sched_getaffinity(0))
         self.payloads = make_payloads(spec, cfg.request_rows, cfg.seed)
-        progress(f"starting engine ({'plan' if plan is not None else 'default plan'})")
-        self.engine = Engine(spec, plan, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s,
-                             inflight_batches=cfg.inflight_batches, pin=cfg.pin).start()
-        self.servers: dict[str, InProcessServer] = {}
+        self.remotes: dict[str, RemoteTarget] = {}
         self.described: dict[str, dict[str, Any]] = {}
+        for url in cfg.urls:  # first: an unreachable server fails before workers start
+            progress(f"connecting to {url}")
+            remote = connect(url, spec.name, spec.inputs[0].name)
+            self.remotes[remote.address.label] = remote
+            self.described[remote.address.label] = {"url": url, "model": spec.name}
+        resolved = resolve_plan(spec, plan, profile, cfg.fusion, len(os.sched_getaffinity(0)))
+        plan, self.fusion = resolved.plan, resolved.fusion
+        progress(f"starting engine ({'plan' if plan is not None else 'default plan'}"
+                 f"{', fused: ' + ', '.join(self.fusion['groups']) if self.fusion['groups'] else ''})")
+        self.engine = self._engine(plan)
+        self.engines: dict[str, Engine] = {}
+        self.servers: dict[str, InProcessServer] = {}
+        self.notes: list[str] = []
         try:
             for kind in cfg.baselines:
+                if kind == "unfused":
+                    self._start_unfused(plan)
+                    continue
                 progress(f"loading baseline {kind}")
                 self.servers[kind], self.described[kind] = build_baseline(
                     kind, spec, self.threads, cfg.baseline_batch, profile)
@@ -112,30 +134,66 @@ class BenchSession:
             self.close()
             raise
 
+    def _engine(self, plan: Any) -> Engine:
+        cfg = self.cfg
+        return Engine(self.spec, plan, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s,
+                      inflight_batches=cfg.inflight_batches, pin=cfg.pin).start()
+
+    def _start_unfused(self, plan: Any) -> None:
+        if plan is None or not plan_groups(plan):
+            self.notes.append("baseline unfused skipped: the plan uses no fused group")
+            self.progress(self.notes[-1])
+            return
+        unfused = unfuse_plan(plan)
+        self.progress("starting baseline unfused (the same plan, fused groups split into "
+                      "their members)")
+        self.engines["unfused"] = self._engine(unfused)
+        self.described["unfused"] = {
+            "plan": "the same plan with each fused group split into its members (same "
+                    "device and batch size, the group's share split among them, default "
+                    "variants)",
+            "instances": [{k: i[k] for k in ("member", "variant", "batch_size", "share")}
+                          for i in unfused["instances"]],
+        }
+
     def measure(self, cfg: BenchConfig) -> dict[str, Any]:
         """Run every target at `cfg`'s level, interleaved over `cfg.rounds` rounds."""
         targets: dict[str, Target] = {"enserve": engine_target(self.engine)}
+        targets.update({k: engine_target(e) for k, e in self.engines.items()})
         targets.update({k: s.infer for k, s in self.servers.items()})
+        targets.update(self.remotes)
         results: dict[str, list[LoadResult]] = {name: [] for name in targets}
         stats: dict[str, Any] = {}
         for r in range(cfg.rounds):
             for name, target in targets.items():
                 if name == "enserve":
                     self.engine.reset_stats()
-                res = run_load(target, self.payloads, cfg.mode, cfg.concurrency, cfg.rate,
-                               cfg.duration_s, cfg.warmup_s, cfg.seed + r)
+                if name in self.remotes:
+                    res = run_remote_round(self.remotes[name], self.payloads, cfg.mode,
+                                           cfg.concurrency, cfg.rate, cfg.duration_s,
+                                           cfg.warmup_s, cfg.seed + r)
+                else:
+                    res = run_load(target, self.payloads, cfg.mode, cfg.concurrency, cfg.rate,
+                                   cfg.duration_s, cfg.warmup_s, cfg.seed + r)
                 self.progress(f"[{cfg.mode} {cfg.level():g}] round {r + 1}/{cfg.rounds} "
                               f"{name}: {res.throughput:.2f}/s, p50 "
                               f"{percentiles(res.latencies)['p50_s'] * 1e3:.1f} ms")
                 results[name].append(res)
                 if name == "enserve":
                     stats = self.engine.stats()  # before the baselines' time dilutes it
-        return _report(self.spec, cfg, results, self.described, stats,
-                       self.engine.predicted_throughput, self.engine.configs)
+        report = _report(self.spec, cfg, results, self.described, stats,
+                         self.engine.predicted_throughput, self.engine.configs)
+        report["fusion"] = self.fusion
+        if self.notes:
+            report["notes"] = list(self.notes)
+        return report
 
     def close(self) -> None:
-        self.engine.stop()
-        for s in self.servers.values():
+        if getattr(self, "engine", None) is not None:
+            self.engine.stop()
+        for e in getattr(self, "engines", {}).values():
+            e.stop()
+        for s in getattr(self, "servers", {}).values():
             s.stop()
 
     def __enter__(self) -> BenchSession:

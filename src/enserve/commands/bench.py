@@ -29,8 +29,18 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     p.add_argument("--baseline", action="extend", nargs="+", default=[],
-                   choices=("sequential", "sequential-fast", "naive"),
-                   help="baselines to run in the same invocation")
+                   choices=("sequential", "sequential-fast", "naive", "unfused"),
+                   help="baselines to run in the same invocation (unfused: the same plan "
+                        "and engine with every fused group split into its members)")
+    p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
+                   help="fused groups: with --profile, auto keeps the better predicted plan "
+                        "of with and without them, on forces them, off excludes them; with "
+                        "--plan, off splits the plan's groups; with neither, on fuses the "
+                        "largest groups of the spec (default auto)")
+    p.add_argument("--url", action="append", default=[], metavar="URL",
+                   help="also load a running server serving this spec's model, side by side "
+                        "with the in-process engine: http://HOST:PORT or grpc://HOST:PORT "
+                        "(repeatable; reported as served-http / served-grpc)")
     p.add_argument("--baseline-batch", type=int, default=8,
                    help="batch size of sequential baselines (8 was their best here)")
     p.add_argument("--threads", type=int, default=0, help="baseline threads (0: every core)")
@@ -56,16 +66,13 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     plan = _load_plan(args.plan) if args.plan else None
     profile = _load_profile(args.profile) if args.profile else None
-    if plan is None and profile is not None:
-        from enserve.plan import plan as make_plan
-
-        plan = make_plan(profile, algorithm="greedy")
     cfg = BenchConfig(
         mode=args.mode, concurrency=args.concurrency, rate=args.rate, duration_s=args.duration,
         warmup_s=args.warmup, baselines=list(dict.fromkeys(args.baseline)),
         baseline_batch=args.baseline_batch, threads=args.threads, rounds=args.rounds,
         max_batch=args.max_batch, max_delay_s=args.max_delay_ms / 1e3,
         request_rows=args.request_rows, inflight_batches=args.inflight, pin=not args.no_pin,
+        fusion=args.fusion, urls=list(dict.fromkeys(args.url)),
     )
     if cfg.concurrency < 1 or cfg.rate <= 0 or cfg.duration_s <= 0 or cfg.rounds < 1:
         raise EnserveError("--concurrency, --rate, --duration and --rounds must be positive")
@@ -101,6 +108,11 @@ def _print_table(report: dict[str, Any]) -> None:
     level = cfg["concurrency"] if cfg["mode"] == "closed" else cfg["rate"]
     print(f"{report['spec']}: {cfg['mode']} loop at {level}, {cfg['duration_s']:g} s x "
           f"{cfg['rounds']} round(s)")
+    groups = report.get("fusion", {}).get("groups")
+    if groups:
+        print(f"fused groups in the plan: {', '.join(groups)}")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     print(f"{'target':<16}{'samples/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
           f"{'enserve/x':>10}")
     rows = {"enserve": report["enserve"], **report["baselines"]}

@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
                    help="fraction of each device's memory to leave free (default 0)")
     p.add_argument("--no-time-sharing", action="store_true",
                    help="shares on a device must sum to at most its compute units")
+    p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
+                   help="use fused groups the profile carries: auto (if predicted better), "
+                   "on (always), off (never); default auto")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of a table")
     p.add_argument("--out", type=Path, help="write the plan JSON here")
     p.add_argument("--heatmap", type=Path, help="save the allocation matrix as a PNG")
@@ -69,13 +72,16 @@ def _profile(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enserve.plan import Constraints, evaluate, plan, save_plan
+    from enserve.fusion.planning import choose_fusion
+    from enserve.plan import Constraints, evaluate, save_plan
 
     profile = _profile(args)
     constraints = Constraints(max_latency_s=args.max_latency, min_throughput=args.min_throughput,
                               memory_headroom=args.memory_headroom,
                               time_sharing=not args.no_time_sharing)
-    result = plan(profile, args.algorithm, args.objective, constraints, _devices(args.devices))
+    decision = choose_fusion(profile, args.fusion, args.algorithm, args.objective, constraints,
+                             _devices(args.devices))
+    result = decision.plan
     if args.out is not None:
         save_plan(result, args.out)
     if args.heatmap is not None:
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     from enserve.plan.render import print_plan
 
-    print_plan(result, evaluate(profile, result), Console())
+    print_plan(result, evaluate(decision.profile or profile, result), Console())
     if args.out is not None:
         print(f"plan written to {args.out}")
     if args.heatmap is not None:

@@ -43,6 +43,11 @@ def register(sub: Any) -> None:
                    help="stop repeating a setting after this long (at least 3 runs)")
     p.add_argument("--refresh", action="store_true",
                    help="measure again even where the cache has entries (and update it)")
+    p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
+                   help="auto/on: also profile every fusion candidate (members run as one "
+                        "fx graph, one vectorized forward or one merged ONNX graph) as a "
+                        "member named after the group (on: fail if there is none); off: "
+                        "members only (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         max_seconds=args.max_seconds,
         refresh=args.refresh,
+        fusion=args.fusion,
     )
     from enserve.profile_format import profile_from_dict, save_profile
 

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
     from enserve.fusion.member import FusedMember
 
 _LAZY = {
-    "FUSION_KINDS": "enserve.fusion.groups",
-    "FusionGroup": "enserve.fusion.groups",
-    "FusionKind": "enserve.fusion.groups",
-    "architecture_key": "enserve.fusion.groups",
-    "fusion_candidates": "enserve.fusion.groups",
+    "FUSION_KINDS": "enserve.fusion.candidates",
+    "FusionGroup": "enserve.fusion.candidates",
+    "FusionKind": "enserve.fusion.candidates",
+    "architecture_key": "enserve.fusion.candidates",
+    "fusion_candidates": "enserve.fusion.candidates",
     "load_fused": "enserve.fusion.groups",
     "FusedMember": "enserve.fusion.member",
 }

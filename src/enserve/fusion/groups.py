@@ -7,14 +7,19 @@ member and chosen where it is faster.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from enserve.errors import ModelLoadError, SpecError
+from enserve.fusion.candidates import (
+    FUSION_KINDS,
+    FusionGroup,
+    FusionKind,
+    architecture_key,
+    fusion_candidates,
+)
 from enserve.fusion.fx import build_fx_group, freeze
 from enserve.fusion.graph_ops import TorchCombiner, TorchPreprocess
 from enserve.fusion.horizontal import StackedModule
@@ -24,55 +29,14 @@ from enserve.members.loaders import build_torch_module
 from enserve.members.onnx_member import make_session
 from enserve.spec import EnsembleSpec, MemberSpec
 
-FusionKind = Literal["fx", "horizontal", "onnx"]
-FUSION_KINDS: tuple[FusionKind, ...] = ("fx", "horizontal", "onnx")
-
-
-@dataclass(frozen=True)
-class FusionGroup:
-    """Members that can run as one unit of the given kind."""
-
-    kind: FusionKind
-    members: tuple[str, ...]
-    covers_ensemble: bool
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}:{'+'.join(self.members)}"
-
-
-def architecture_key(member: MemberSpec) -> tuple[object, ...] | None:
-    """Equal keys mean equal architectures (weights may differ); None: can't tell from the spec."""
-    pre = member.preprocess.model_dump_json() if member.preprocess else None
-    if member.kind == "torchvision":
-        return ("torchvision", member.target, member.num_classes, pre, member.input)
-    if member.kind == "safetensors":
-        return ("arch", member.architecture, member.num_classes, pre, member.input)
-    if member.kind == "python":
-        return ("python", member.target, pre, member.input)
-    return None
-
-
-def fusion_candidates(spec: EnsembleSpec) -> list[FusionGroup]:
-    """Every fused group worth profiling: all PyTorch members as one fx graph, each set of
-    two or more same-architecture members horizontally, all ONNX members merged."""
-    everyone = {m.name for m in spec.members}
-    groups: list[FusionGroup] = []
-
-    def add(kind: FusionKind, names: list[str]) -> None:
-        if len(names) >= 2:
-            groups.append(FusionGroup(kind, tuple(names), set(names) == everyone))
-
-    add("fx", [m.name for m in spec.members if m.kind != "onnx"])
-    by_arch: dict[tuple[object, ...], list[str]] = {}
-    for m in spec.members:
-        key = architecture_key(m)
-        if key is not None:
-            by_arch.setdefault(key, []).append(m.name)
-    for names in by_arch.values():
-        add("horizontal", names)
-    add("onnx", [m.name for m in spec.members if m.kind == "onnx"])
-    return groups
+__all__ = [  # the candidate helpers are re-exported for existing importers
+    "FUSION_KINDS",
+    "FusionGroup",
+    "FusionKind",
+    "architecture_key",
+    "fusion_candidates",
+    "load_fused",
+]
 
 
 def _torch_threads(threads: int) -> None:

@@ -64,10 +64,20 @@ def plan(
     if solver is None:
         raise PlanError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     start = time.perf_counter()
+    profile = _unfused_view(profile)
     problem = build_problem(profile, devices, objective, constraints,
                             prune=algorithm not in _UNPRUNED)
     counts = solver(problem)
     return to_plan(problem, counts, algorithm, time.perf_counter() - start)
+
+
+def _unfused_view(profile: Profile) -> Profile:
+    """A profile listing fused groups next to the members they cover (as `enserve profile`
+    writes it) is planned without the groups; `enserve.fusion.planning.choose_fusion` is
+    the entry point that weighs them."""
+    from enserve.fusion.planning import lists_groups_with_members, restrict_profile
+
+    return restrict_profile(profile, ()) if lists_groups_with_members(profile) else profile
 
 
 def to_plan(problem: Problem, counts: IntArray, algorithm: str, planning_time_s: float) -> Plan:

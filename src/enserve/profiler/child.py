@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from enserve.fusion.planning import is_fused_variant
 from enserve.spec import load_spec
 
 MAX_SECONDS_PER_BATCH = 20.0
@@ -125,9 +126,12 @@ def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
 
     from enserve.variants.build import load_variant
     from enserve.variants.check import random_request
+    from enserve.variants.fused import group_of, load_fused_variant
 
     spec = load_spec(task.spec_path)
-    member_spec = spec.member(task.member)
+    fused = is_fused_variant(task.variant)
+    # A fused group reads the request of its members (one shared input).
+    member_spec = spec.member(group_of(spec, task.member).covers[0] if fused else task.member)
     inputs = {b: random_request(spec, member_spec, b, seed=b) for b in task.batch_sizes}
     on_gpu = task.device.startswith("cuda")
     threads = 1 if on_gpu else int(task.share)
@@ -140,8 +144,12 @@ def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
     _reset_peak_rss()
     start = _read_status()
     base = start.get("VmRSS", 0)
-    member = load_variant(spec, task.member, task.variant, threads=threads,
-                          cache_dir=Path(task.cache_dir), device=task.device)
+    member: Any
+    if fused:
+        member = load_fused_variant(spec, task.member, task.variant, threads)
+    else:
+        member = load_variant(spec, task.member, task.variant, threads=threads,
+                              cache_dir=Path(task.cache_dir), device=task.device)
     loaded = _read_status().get("VmRSS", 0)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(task.device)
@@ -169,6 +177,9 @@ def _check(task: Task, send: Callable[[str, Any], None]) -> None:
     from enserve.variants.check import check_variant
 
     spec = load_spec(task.spec_path)
+    if is_fused_variant(task.variant):
+        _check_fused(spec, task, send)
+        return
     cache_dir = Path(task.cache_dir)
     weights: int | None = None
     try:
@@ -185,6 +196,20 @@ def _check(task: Task, send: Callable[[str, Any], None]) -> None:
                            allow_reduced_precision=task.allow_reduced_precision)
     # Frozen TorchScript inlines its weights as constants: count the reference's instead.
     send("check", {**result.to_dict(), "weights_bytes": weights or reference.param_bytes()})
+
+
+def _check_fused(spec: Any, task: Task, send: Callable[[str, Any], None]) -> None:
+    from enserve.variants.fused import check_fused_variant, load_fused_variant
+
+    try:
+        candidate = load_fused_variant(spec, task.member, task.variant, threads=1)
+    except Exception as exc:
+        send("check", {"member": task.member, "variant": task.variant, "admitted": False,
+                       "rel_error": None, "reason": f"failed to build: {exc}",
+                       "weights_bytes": None})
+        return
+    result = check_fused_variant(spec, task.member, task.variant, candidate=candidate)
+    send("check", {**result.to_dict(), "weights_bytes": candidate.param_bytes()})
 
 
 def _child_main(task: Task, conn: Connection) -> None:
@@ -208,7 +233,8 @@ _CONTEXT: Any = None
 # Imported once by the fork server so that children neither pay for nor count (as
 # instance memory) the libraries every worker process loads anyway.
 _PRELOAD = ["torch", "torchvision", "onnxruntime", "onnx", "enserve.variants.build",
-            "enserve.variants.check", "enserve.profiler.child"]
+            "enserve.variants.check", "enserve.variants.fused", "enserve.fusion.groups",
+            "enserve.profiler.child"]
 
 
 def _context() -> Any:

@@ -12,6 +12,14 @@ from typing import Any
 
 from enserve.devices import Device
 from enserve.errors import ProfileError
+from enserve.fusion.candidates import FusionGroup, fusion_candidates
+from enserve.fusion.planning import (
+    FUSION_MODES,
+    KIND_VARIANTS,
+    group_fingerprint,
+    is_fused_variant,
+    parse_group_name,
+)
 from enserve.profile_format import Profile, profile_from_dict
 from enserve.profiler.cache import ResultCache, cpu_model, device_identity
 from enserve.profiler.child import MAX_SECONDS_PER_BATCH, Task, load_average, run_task
@@ -63,6 +71,7 @@ def profile_spec(
     warmup: int = 2,
     max_seconds: float = MAX_SECONDS_PER_BATCH,
     refresh: bool = False,
+    fusion: str = "auto",
 ) -> Profile:
     """Profile every member of the spec; returns a `Profile` (see `profile_format`).
 
@@ -73,9 +82,12 @@ def profile_spec(
     member can't run are skipped; `bf16` is admitted only because it was asked for.
     Entries come from the cache where possible (`refresh=True` measures them again and
     overwrites the cache); `profile.meta.notes` lists what was skipped or rejected.
+    `fusion` "auto"/"on" also profiles every fusion candidate (`fusion_candidates`) as a
+    member named after the group, with `covers` listing its members ("on" fails when the
+    spec has none); "off" profiles the members only.
     """
     data, _ = profile_spec_dict(spec_path, devices, batch_sizes, shares, variants, cache_dir,
-                                progress, repeats, warmup, max_seconds, refresh)
+                                progress, repeats, warmup, max_seconds, refresh, fusion)
     return profile_from_dict(data)
 
 
@@ -91,6 +103,7 @@ def profile_spec_dict(
     warmup: int = 2,
     max_seconds: float = MAX_SECONDS_PER_BATCH,
     refresh: bool = False,
+    fusion: str = "auto",
 ) -> tuple[dict[str, Any], RunStats]:
     """`profile_spec` as a plain JSON-ready dict, plus statistics about the run."""
     check_arguments(variants, batch_sizes, repeats, warmup)
@@ -115,6 +128,9 @@ def profile_spec_dict(
             raise ProfileError(f"--variants: member '{m.name}' can run none of "
                                f"{', '.join(variants or ())}; it can run "
                                f"{', '.join(available_variants(m, include_opt_in=True))}")
+    groups = _fusion_groups(spec, fusion, notes)
+    for g in groups:
+        member_variants[g.name] = list(KIND_VARIANTS[g.kind])
     load_before = load_average()
     with _progress(progress) as bar:
         checks = plan.run_checks(member_variants, bar)
@@ -133,6 +149,7 @@ def profile_spec_dict(
                                 None),
             "checks": [checks[(m.name, v)] for v in member_variants[m.name]],
         })
+    members_out += _group_members(spec, groups, member_variants, checks, entries)
     data: dict[str, Any] = {
         "version": 1,
         "ensemble": spec.name,
@@ -169,8 +186,16 @@ class _RunPlan:
     notes: list[str]
     refresh: bool = False
 
+    def _fingerprint(self, member: str) -> str:
+        """A member's fingerprint, or a fused group's (kind + its members')."""
+        group = parse_group_name(member)
+        if group is None:
+            return member_fingerprint(self.spec, member)
+        return group_fingerprint([member_fingerprint(self.spec, m) for m in group.covers],
+                                 group.kind, "")
+
     def _check_key(self, member: str, variant: str) -> str:
-        return self.cache.key(kind="check", fp=member_fingerprint(self.spec, member),
+        return self.cache.key(kind="check", fp=self._fingerprint(member),
                               variant=variant, opt_in=variant in REDUCED_PRECISION)
 
     def run_checks(self, member_variants: Mapping[str, list[str]],
@@ -216,7 +241,7 @@ class _RunPlan:
 
     def _entry_key(self, member: str, variant: str, device: Device, share: float,
                    batch: int) -> str:
-        return self.cache.key(kind="entry", fp=member_fingerprint(self.spec, member),
+        return self.cache.key(kind="entry", fp=self._fingerprint(member),
                               device=device_identity(device), variant=variant, share=share,
                               batch=batch, repeats=self.repeats, warmup=self.warmup)
 
@@ -226,25 +251,27 @@ class _RunPlan:
                          bar: Any) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
         tasks: list[tuple[Task, Device, int | None]] = []
-        for m in self.spec.members:
-            for v in member_variants[m.name]:
-                check = checks[(m.name, v)]
+        for name, names in member_variants.items():
+            for v in names:
+                check = checks[(name, v)]
                 if not check["admitted"]:
                     continue
                 weights = check.get("weights_bytes")
                 for device in devices:
+                    if is_fused_variant(v) and device.kind != "cpu":
+                        continue  # fused groups run on the CPU only
                     for share in shares_by_device[device.id]:
                         missing = []
                         for b in self.batches:
                             hit = None if self.refresh else self.cache.get(
-                                "entries", self._entry_key(m.name, v, device, share, b))
+                                "entries", self._entry_key(name, v, device, share, b))
                             if hit is not None:
                                 entries.append(hit)
                                 self.stats.cached_entries += 1
                             else:
                                 missing.append(b)
                         if missing:
-                            task = Task("measure", self.spec_file, m.name, v, device.id, share,
+                            task = Task("measure", self.spec_file, name, v, device.id, share,
                                          tuple(missing), self.repeats, self.warmup,
                                          str(self.cache.root.parent),
                                          use_mps=device.kind == "cuda" and share < 100,
@@ -278,6 +305,50 @@ class _RunPlan:
 
             run_task(task, on_message)
         return _sorted_entries(entries)
+
+
+def _fusion_groups(spec: EnsembleSpec, fusion: str, notes: list[str]) -> list[FusionGroup]:
+    """The fusion candidates to profile under `fusion` ("auto", "on", "off")."""
+    if fusion not in FUSION_MODES:
+        raise ProfileError(f"--fusion: '{fusion}' is not one of {', '.join(FUSION_MODES)}")
+    if fusion == "off":
+        return []
+    groups = []
+    for g in fusion_candidates(spec):
+        if len({spec.input_for(spec.member(m)).name for m in g.members}) != 1:
+            notes.append(f"{g.name}: members read different inputs; not profiled")
+            continue
+        groups.append(g)
+    if fusion == "on" and not groups:
+        raise ProfileError(f"--fusion on: no members of '{spec.name}' can be fused (fx needs "
+                           "two PyTorch members, horizontal two of one architecture, onnx "
+                           "two ONNX members)")
+    return groups
+
+
+def _group_members(spec: EnsembleSpec, groups: Sequence[FusionGroup],
+                   member_variants: Mapping[str, list[str]],
+                   checks: Mapping[tuple[str, str], Mapping[str, Any]],
+                   entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Profile members for the fused groups that got entries (admitted and measured)."""
+    measured = {e["member"] for e in entries}
+    out = []
+    for g in groups:
+        if g.name not in measured:
+            continue
+        admitted = [v for v in member_variants[g.name] if checks[(g.name, v)]["admitted"]]
+        out.append({
+            "name": g.name,
+            "covers": list(g.members),
+            "fusion_kind": g.kind,
+            "default_variant": admitted[0],
+            "variants": admitted,
+            "fingerprint": group_fingerprint([member_fingerprint(spec, m) for m in g.members],
+                                             g.kind, ""),
+            "param_bytes": checks[(g.name, admitted[0])].get("weights_bytes"),
+            "checks": [dict(checks[(g.name, v)]) for v in member_variants[g.name]],
+        })
+    return out
 
 
 def _contention_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -44,6 +44,7 @@ from enserve.runtime.placement import (
     balance_cores,
     configs_from_plan,
     default_configs,
+    execution_units,
     predicted_throughput,
 )
 from enserve.runtime.shm import Arena, ArrayField
@@ -86,7 +87,10 @@ class Engine:
 
     `plan`: a planner `Plan`, a plan dict, or a plan JSON path; None plans automatically
     (from `profile` through the planner where given, else one instance per member with
-    members spread over the cores by their measured cost).
+    members spread over the cores by their measured cost). `fusion` ("auto", "on", "off")
+    applies when planning from a profile that carries fused groups (see
+    `enserve.fusion.planning.plan_with_fusion`); a plan's instance whose `member` names a
+    fused group (`fx:a+b`) runs the group as one unit.
     """
 
     def __init__(
@@ -107,10 +111,11 @@ class Engine:
         cache_dir: str | Path | None = None,
         start_method: str = "forkserver",
         default_batch_size: int = 8,
+        fusion: str = "auto",
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         if plan is None and profile is not None:
-            plan = _plan_from_profile(profile)
+            plan = _plan_from_profile(profile, fusion)
         if isinstance(plan, (str, Path)):
             plan = load_plan_file(plan)
         self.plan = plan
@@ -126,7 +131,10 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._auto_pin = pin and any(c.is_cpu and c.cores is None for c in configs)
         self._handles = [WorkerHandle(c) for c in configs]
-        self._by_member: dict[str, list[WorkerHandle]] = {m.name: [] for m in self.spec.members}
+        # A unit is what the dispatcher hands chunks to: a member, or a fused group that
+        # computes several members at once (writing each one's logits into its own slot).
+        self.units = execution_units(configs)
+        self._by_member: dict[str, list[WorkerHandle]] = {u: [] for u in self.units}
         for h in self._handles:
             self._by_member[h.cfg.member].append(h)
         self._member_names = [m.name for m in self.spec.members]
@@ -142,7 +150,7 @@ class Engine:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._batches: dict[int, _Batch] = {}
-        self._backlog: dict[str, deque[_Chunk]] = {m: deque() for m in self._member_names}
+        self._backlog: dict[str, deque[_Chunk]] = {u: deque() for u in self.units}
         self._inflight = 0
         self._ids = itertools.count()
         self._calibration: dict[int, float] = {}
@@ -408,12 +416,12 @@ class Engine:
             offset += r.rows
         with self._lock:
             batch = _Batch(next(self._ids), slot, requests, rows,
-                           {m: rows for m in self._member_names})
+                           {u: rows for u in self.units})
             self._batches[batch.batch_id] = batch
             self._inflight += 1
             self._counters.batches += 1
             self._counters.batch_rows.append(rows)
-            for member in self._member_names:
+            for member in self.units:
                 handles = self._by_member[member]
                 usable = [h for h in handles if h.state == "ready"] or handles
                 size = max(h.cfg.batch_size for h in handles)
@@ -684,19 +692,15 @@ def _fail_future(future: Future[Any], error: BaseException) -> bool:
         return False
 
 
-def _plan_from_profile(profile: Any) -> Any:
-    """Plan with the planner's greedy algorithm (`enserve.plan.plan`)."""
-    import importlib
+def _plan_from_profile(profile: Any, fusion: str = "auto") -> Any:
+    """Plan with the planner's greedy algorithm, choosing fused groups per `fusion`."""
+    from enserve.fusion.planning import plan_with_fusion
 
-    planner = importlib.import_module("enserve.plan")
-    make_plan = getattr(planner, "plan", None)
-    if make_plan is None:
-        raise EnserveError("planning from a profile needs enserve.plan.plan, not available")
     if isinstance(profile, (str, Path)):
         from enserve.profile_format import load_profile
 
         profile = load_profile(profile)
-    return make_plan(profile, algorithm="greedy")
+    return plan_with_fusion(profile, fusion, algorithm="greedy")
 
 
 def _stop_at_exit(ref: weakref.ref[Engine]) -> None:

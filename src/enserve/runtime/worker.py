@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from enserve.errors import ModelLoadError
+from enserve.fusion.member import FusedMember
 from enserve.members import Member, load_member
 from enserve.runtime.corelocks import CoreLocks
 from enserve.runtime.messages import Attach, Done, Failed, Pin, Ready, Stop, Task
@@ -75,7 +77,10 @@ def apply_device_share(cfg: WorkerConfig) -> list[str]:
 
 
 def build_member(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None) -> Member:
-    """The member in the planned variant (through `enserve.variants` where it exists)."""
+    """The member in the planned variant (through `enserve.variants` where it exists), or
+    the fused group (`enserve.fusion.load_fused`) for an instance that covers several."""
+    if cfg.fused:
+        return build_fused(spec, cfg)
     member_spec = spec.member(cfg.member)
     try:
         from enserve.variants import default_variant, load_variant
@@ -88,6 +93,17 @@ def build_member(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None) 
     if "device" in inspect.signature(load_variant).parameters:
         kwargs["device"] = "cpu" if cfg.is_cpu else "cuda:0"  # CUDA_VISIBLE_DEVICES is set
     return load_variant(spec, member_spec, variant, cfg.threads, cache_dir, **kwargs)
+
+
+def build_fused(spec: EnsembleSpec, cfg: WorkerConfig) -> FusedMember:
+    """A fused group's instance; the engine combines, so no combiner goes in the graph."""
+    from enserve.variants.fused import load_fused_variant
+
+    if not cfg.is_cpu:
+        raise ModelLoadError(f"{cfg.label}: fused groups run on the CPU only (planned on "
+                             f"{cfg.device})")
+    variant = None if cfg.variant == "default" else cfg.variant
+    return load_fused_variant(spec, cfg.member, variant, cfg.threads)
 
 
 def _warmup_batch(shape: Sequence[int], dtype: str, rows: int) -> np.ndarray:
@@ -111,36 +127,58 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
         comm.write(PROCESS_NAME)  # how `ps` and the tests tell workers apart
-    member_spec = spec.member(cfg.member)
-    member_index = [m.name for m in spec.members].index(cfg.member)
-    tensor = spec.input_for(member_spec)
+    order = [m.name for m in spec.members]
+    out_fields = [output_field(order.index(m)) for m in cfg.members]  # in cfg.members order
     try:
         notes = apply_device_share(cfg)
         member = build_member(spec, cfg, cache_dir)
         if cfg.is_cpu and cfg.cores:
             pin_process(cfg.cores)  # threads the runtime just started
         inputs = Arena.attach(in_layout)
-        rows = min(cfg.batch_size, in_layout.field(tensor.name).shape[0])
-        field = in_layout.field(tensor.name)
-        probe = _warmup_batch(field.shape, field.dtype, rows)
-        member(probe)
+        run = _runner(spec, cfg, member, inputs)
+        first = in_layout.field(run.input_names[0])
+        rows = min(cfg.batch_size, first.shape[0])
+        probe = {n: _warmup_batch(in_layout.field(n).shape, in_layout.field(n).dtype, rows)
+                 for n in run.input_names}
+        run.call(probe)
         started = time.perf_counter()
-        out = member(probe)
+        out = run.call(probe)
         warmup_s = time.perf_counter() - started
-        conn.send(Ready(os.getpid(), (-1, *out.shape[1:]), warmup_s, member.framework,
+        conn.send(Ready(os.getpid(), (-1, *out.shape[2:]), warmup_s, member.framework,
                         member.variant, tuple(notes)))
     except BaseException as exc:  # reported to the engine, then exit
         with contextlib.suppress(OSError):
             conn.send(Failed(-1, f"{cfg.label}: start-up failed: {type(exc).__name__}: {exc}"))
         return
     outputs = Arena.attach(out_layout) if out_layout is not None else None
-    _serve(conn, member, inputs, outputs, tensor.name, output_field(member_index), lock_dir,
-           cfg.cores or ())
+    _serve(conn, run, inputs, outputs, out_fields, lock_dir, cfg.cores or ())
+
+
+class _Runner:
+    """Runs the instance on named input rows; returns logits stacked `[members, B, C]`."""
+
+    def __init__(self, member: Member, input_names: list[str]) -> None:
+        self.member = member
+        self.input_names = input_names
+
+    def call(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        if isinstance(self.member, FusedMember):
+            return self.member.run_inputs(arrays)[0]
+        return self.member(arrays[self.input_names[0]])[None]
+
+
+def _runner(spec: EnsembleSpec, cfg: WorkerConfig, member: Member, inputs: Arena) -> _Runner:
+    if isinstance(member, FusedMember):
+        if member.member_names != list(cfg.members):
+            raise ModelLoadError(f"{cfg.label}: fused group computes {member.member_names}, "
+                                 f"planned {list(cfg.members)}")
+        return _Runner(member, list(member.input_names))
+    return _Runner(member, [spec.input_for(spec.member(cfg.member)).name])
 
 
 def _serve(
-    conn: Connection, member: Member, inputs: Arena, outputs: Arena | None,
-    input_field: str, out_field: str, lock_dir: str | None, cores: Sequence[int],
+    conn: Connection, run: _Runner, inputs: Arena, outputs: Arena | None,
+    out_fields: Sequence[str], lock_dir: str | None, cores: Sequence[int],
 ) -> None:
     locks = CoreLocks(lock_dir, cores)
     while True:
@@ -153,15 +191,21 @@ def _serve(
             try:
                 if outputs is None:
                     raise RuntimeError("output arena not attached")
+                arrays = {n: inputs.view(n, msg.slot)[msg.start:msg.stop]
+                          for n in run.input_names}
                 with locks.hold():
                     started = time.perf_counter()
-                    logits = member(inputs.view(input_field, msg.slot)[msg.start:msg.stop])
+                    stacked = run.call(arrays)
                     compute = time.perf_counter() - started
-                target = outputs.view(out_field, msg.slot)[msg.start:msg.stop]
-                if logits.shape != target.shape:
-                    raise ValueError(f"member returned {list(logits.shape)}, expected "
-                                     f"{list(target.shape)}")
-                target[...] = logits
+                if stacked.shape[0] != len(out_fields):
+                    raise ValueError(f"instance returned logits of {stacked.shape[0]} members, "
+                                     f"expected {len(out_fields)}")
+                targets = [outputs.view(f, msg.slot)[msg.start:msg.stop] for f in out_fields]
+                if stacked.shape[1:] != targets[0].shape:
+                    raise ValueError(f"member returned {list(stacked.shape[1:])}, expected "
+                                     f"{list(targets[0].shape)}")
+                for logits, target in zip(stacked, targets, strict=True):
+                    target[...] = logits
                 reply: Done | Failed = Done(msg.task_id, compute, started - queued)
             except Exception as exc:  # a bad task must not kill the worker
                 reply = Failed(msg.task_id, f"{type(exc).__name__}: {exc}")
