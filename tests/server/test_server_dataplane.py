@@ -208,6 +208,12 @@ def test_memory_budget_loads_on_demand_and_evicts(repo: Path) -> None:
                 await plane.infer(_request())
             await plane.load("tiny")
             assert plane.model_ready("tiny")
+            text = plane.metrics.render().decode()
+            assert "enserve_swap_loads 4" in text
+            assert "enserve_swap_evictions 2" in text
+            assert "enserve_swap_cold_starts 4" in text  # every load here found it absent
+            assert 'enserve_swap_budget_bytes{device="cpu"} 1500' in text
+            assert 'enserve_swap_resident_bytes{device="cpu"} 1000' in text
             with pytest.raises(ServerError, match="unknown model"):
                 await plane.infer(InferRequest("nope", inputs={"x": np.ones((1, 6), np.float32)}))
         finally:

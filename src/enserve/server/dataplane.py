@@ -47,7 +47,8 @@ class DataPlane:
         self.limits = limits or Limits()
         self.admission = Admission(self.limits.max_pending)
         self.stats = StatsBook()
-        self.metrics = Metrics(self.stats)
+        residency = getattr(repository, "residency", None)  # a BudgetedRepository's
+        self.metrics = Metrics(self.stats, residency.stats if residency is not None else None)
         self.repository_token = repository_token
         self.backend_name = backend_name
         self.started = False

@@ -9,7 +9,8 @@ for the slowest member) and combine time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -62,8 +63,9 @@ def _family(name: str, help_text: str, kind: str, samples: Iterable[tuple[str, f
 class Metrics:
     """Collects ensemble histograms and renders everything as Prometheus text."""
 
-    def __init__(self, stats: StatsBook) -> None:
+    def __init__(self, stats: StatsBook, swap_stats: Callable[[], Any] | None = None) -> None:
         self.stats = stats
+        self.swap_stats = swap_stats  # `enserve.swap.SwapStats` source under a memory budget
         self.registry = CollectorRegistry()
         self.member_latency = Histogram(
             "enserve_member_latency_seconds", "Time one member took on one batch",
@@ -110,10 +112,36 @@ class Metrics:
         lines += _family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge",
                          [("", float(memory.total - memory.available))])
         lines += _gpu_lines()
+        if self.swap_stats is not None:
+            lines += _swap_lines(self.swap_stats())
         return "\n".join(lines) + "\n"
 
     def render(self) -> bytes:
         return self.triton_text().encode() + generate_latest(self.registry)
+
+
+_SWAP_COUNTERS = (
+    ("enserve_swap_loads", "Ensemble loads under the memory budget", "loads"),
+    ("enserve_swap_load_failures", "Ensemble loads that failed", "load_failures"),
+    ("enserve_swap_load_seconds", "Cumulative seconds spent loading ensembles", "load_seconds_total"),
+    ("enserve_swap_cold_starts",
+     "Uses (requests or loads) that found their ensemble absent and waited for its load",
+     "cold_starts"),
+    ("enserve_swap_evictions", "Ensembles evicted to make room for another", "evictions"),
+    ("enserve_swap_idle_unloads", "Ensembles unloaded after being idle", "idle_unloads"),
+)
+
+
+def _swap_lines(swap: Any) -> list[str]:
+    """Residency counters and per-device bytes from `enserve.swap.SwapStats`."""
+    lines: list[str] = []
+    for name, help_text, attr in _SWAP_COUNTERS:
+        lines += _family(name, help_text, "counter", [("", float(getattr(swap, attr)))])
+    lines += _family("enserve_swap_resident_bytes", "Bytes held by resident ensembles", "gauge",
+                     [(_labels(device=d), float(v)) for d, v in swap.resident_bytes.items()])
+    lines += _family("enserve_swap_budget_bytes", "Memory budget for ensembles", "gauge",
+                     [(_labels(device=d), float(v)) for d, v in swap.budget_bytes.items()])
+    return lines
 
 
 def _gpu_lines() -> list[str]:
