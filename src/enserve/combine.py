@@ -112,3 +112,66 @@ def agreement(logits: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """How many members' top-1 class equals the ensemble's top-1, per row."""
     ensemble_top = probabilities.argmax(axis=-1)
     return (logits.argmax(axis=-1) == ensemble_top[None, :]).sum(axis=0).astype(np.int32)
+
+
+class RunningCombination:
+    """One batch's combination, built up as members answer (in any order).
+
+    Every rule folds one member at a time: (weighted) sums of probabilities, logits or
+    log-probabilities, a running maximum, or vote counts. `result()` equals `combine` on
+    all members' logits once every member was added; `member_top1` keeps what `agreement`
+    needs, so the members' logits need not be held together.
+    """
+
+    def __init__(self, rule: CombinerName | str, weights: Sequence[float] | None,
+                 members: int) -> None:
+        if rule not in COMBINERS:
+            raise ValueError(f"unknown combiner '{rule}' (expected one of {', '.join(COMBINERS)})")
+        self.rule = rule
+        self.members = members
+        self.weights = (np.full(members, 1.0 / members) if rule in ("mean_prob", "max_prob")
+                        else _normalized(weights, members))
+        self.member_top1: dict[int, np.ndarray] = {}
+        self._acc: np.ndarray | None = None
+
+    def add(self, index: int, logits: np.ndarray) -> None:
+        """Fold member `index`'s logits `[batch, classes]` into the combination."""
+        if index in self.member_top1:
+            raise ValueError(f"member {index} was added twice")
+        x = logits.astype(np.float64)
+        self.member_top1[index] = logits.argmax(axis=-1)
+        w = float(self.weights[index])
+        if self.rule in ("mean_prob", "weighted_mean_prob"):
+            part = w * softmax(x)
+        elif self.rule == "mean_logits":
+            part = w * x
+        elif self.rule == "geometric_mean":
+            part = w * log_softmax(x)
+        elif self.rule == "majority_vote":
+            part = np.zeros_like(x)
+            part[np.arange(x.shape[0]), self.member_top1[index]] = w
+        else:  # max_prob
+            part = softmax(x)
+            self._acc = part if self._acc is None else np.maximum(self._acc, part)
+            return
+        self._acc = part if self._acc is None else self._acc + part
+
+    @property
+    def complete(self) -> bool:
+        return len(self.member_top1) == self.members
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 probabilities `[batch, classes]` and the members' agreement `[batch]`."""
+        if not self.complete or self._acc is None:
+            raise ValueError(f"{len(self.member_top1)} of {self.members} members added")
+        acc = self._acc
+        if self.rule in ("mean_logits", "geometric_mean"):
+            probs = softmax(acc)
+        elif self.rule == "max_prob":
+            probs = acc / acc.sum(axis=-1, keepdims=True)
+        else:
+            probs = acc
+        probs32 = probs.astype(np.float32)
+        top = probs32.argmax(axis=-1)
+        agree = sum((t == top).astype(np.int32) for t in self.member_top1.values())
+        return probs32, np.asarray(agree, dtype=np.int32)

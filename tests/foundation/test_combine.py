@@ -109,3 +109,37 @@ def test_vote_ties_follow_the_rule(members: int, classes: int) -> None:
     best = probs.max()
     assert int(probs.argmax()) == int(np.flatnonzero(np.isclose(probs[0], best))[0])
     assert int(top_k(probs, 1)[0][0, 0]) == int(probs.argmax())
+
+
+@settings(max_examples=60, deadline=None)
+@given(logit_stacks, st.sampled_from(sorted(COMBINERS)), st.randoms(use_true_random=False))
+def test_running_combination_equals_combine_in_any_order(
+    logits: np.ndarray, rule: str, rnd: object
+) -> None:
+    from enserve.combine import RunningCombination
+
+    weights = [1.0 + i for i in range(logits.shape[0])]
+    order = list(range(logits.shape[0]))
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    running = RunningCombination(rule, weights, logits.shape[0])
+    for i in order:
+        assert not running.complete
+        running.add(i, logits[i])
+    probs, agree = running.result()
+    expected = combine(logits, rule, weights)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    top2 = np.sort(expected, axis=-1)[:, -2:] if expected.shape[-1] > 1 else None
+    clear = top2[:, 1] - top2[:, 0] > 1e-5 if top2 is not None else np.ones(len(expected), bool)
+    # rows whose top-1 is a near-tie may resolve either way after float rounding
+    np.testing.assert_array_equal(agree[clear], agreement(logits, expected)[clear])
+
+
+def test_running_combination_refuses_early_result_and_duplicates() -> None:
+    from enserve.combine import RunningCombination
+
+    running = RunningCombination("mean_prob", None, 2)
+    running.add(0, LOGITS[0])
+    with pytest.raises(ValueError, match="1 of 2 members added"):
+        running.result()
+    with pytest.raises(ValueError, match="added twice"):
+        running.add(0, LOGITS[0])

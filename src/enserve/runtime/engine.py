@@ -4,8 +4,10 @@ Three threads in the calling process do the work around the workers:
 - the caller's thread validates a request and queues it (a full queue rejects it);
 - the dispatcher gathers queued requests into one batch, writes it once into a free slot
   of the shared input arena and hands every member its chunks (`Task` messages);
-- the collector reads `Done` messages (and notices dead workers), and when every member has
-  written its logits for a batch, combines them and answers that batch's requests.
+- the collector reads `Done` messages (and notices dead workers); as soon as a member has
+  written its logits for every row of a batch it folds them into the batch's running
+  combination (`combine.RunningCombination`), and when the last member is in, it answers
+  that batch's requests.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from enserve.combine import agreement, combine
+from enserve.combine import RunningCombination
 from enserve.datatypes import numpy_dtype
 from enserve.errors import EnserveError, InferenceError, ModelLoadError, SpecError
 from enserve.request import EnsembleResult, output_names, validate_inputs
@@ -66,6 +68,7 @@ class _Batch:
     outstanding: int = 0
     error: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    running: RunningCombination | None = None  # members folded in as they answer
 
 
 @dataclass
@@ -416,7 +419,9 @@ class Engine:
             offset += r.rows
         with self._lock:
             batch = _Batch(next(self._ids), slot, requests, rows,
-                           {u: rows for u in self.units})
+                           {u: rows for u in self.units},
+                           running=RunningCombination(self.spec.combiner, self._weights,
+                                                      len(self._member_names)))
             self._batches[batch.batch_id] = batch
             self._inflight += 1
             self._counters.batches += 1
@@ -481,6 +486,7 @@ class Engine:
 
     def _on_message(self, h: WorkerHandle, msg: Any) -> None:
         finished: _Batch | None = None
+        answered: tuple[_Batch, str] | None = None  # a unit that finished all its rows
         with self._changed:
             if isinstance(msg, Done):
                 if msg.task_id < 0:
@@ -501,6 +507,8 @@ class Engine:
                 batch = chunk.batch
                 batch.remaining[chunk.member] -= chunk.rows
                 batch.outstanding -= 1
+                if batch.error is None and batch.remaining[chunk.member] == 0:
+                    answered = (batch, chunk.member)
                 if batch.error is None and not any(batch.remaining.values()):
                     finished = batch
                 else:
@@ -518,6 +526,8 @@ class Engine:
                     self._drop(chunk)
             elif isinstance(msg, Ready):
                 self._on_ready(h, msg)
+        if answered is not None:
+            self._fold(*answered)
         if finished is not None:
             self._complete(finished)
             with self._changed:
@@ -591,14 +601,24 @@ class Engine:
             self._changed.notify_all()
 
     # ----------------------------------------------------------------- batches
-    def _complete(self, batch: _Batch) -> None:
-        """Combine a batch whose members have all answered and resolve its requests."""
-        assert self._outputs is not None
+    def _fold(self, batch: _Batch, unit: str) -> None:
+        """Fold the logits of the members `unit` computes into the batch's combination, as
+        soon as that unit has answered every row (the collector thread only)."""
+        assert self._outputs is not None and batch.running is not None
         try:
-            stacked = np.stack([self._outputs.view(output_field(i), batch.slot)[:batch.rows]
-                                for i in range(len(self._member_names))])
-            probs = combine(stacked, self.spec.combiner, self._weights)
-            agree = agreement(stacked, probs)
+            for member in self.units[unit]:
+                i = self._member_names.index(member)
+                batch.running.add(i, self._outputs.view(output_field(i), batch.slot)[:batch.rows])
+        except Exception as exc:
+            with self._lock:
+                self._fail_batch(batch, f"combiner failed: {exc}")
+
+    def _complete(self, batch: _Batch) -> None:
+        """Finish a batch whose members have all answered (and been folded in) and resolve
+        its requests."""
+        assert self._outputs is not None and batch.running is not None
+        try:
+            probs, agree = batch.running.result()
         except Exception as exc:
             with self._lock:
                 self._fail_batch(batch, f"combiner failed: {exc}")
@@ -608,7 +628,8 @@ class Engine:
             for r in batch.requests:
                 rows = slice(offset, offset + r.rows)
                 offset += r.rows
-                logits = ({m: stacked[i, rows] for i, m in enumerate(self._member_names)}
+                logits = ({m: self._outputs.view(output_field(i), batch.slot)[rows].copy()
+                           for i, m in enumerate(self._member_names)}
                           if r.want_member_logits else {})
                 with contextlib.suppress(InvalidStateError):
                     r.future.set_result(EnsembleResult(probs[rows], agree[rows], logits))
