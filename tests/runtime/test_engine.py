@@ -140,6 +140,23 @@ def test_killed_worker_is_restarted_and_its_work_retried(tmp_path: Path):
         _assert_same(engine.infer_sync(x, timeout=30), reference.infer(x))
 
 
+def test_hung_worker_is_killed_restarted_and_its_work_retried(tmp_path: Path):
+    spec = make_spec(tmp_path, ["net_a", "controlled"])
+    reference = ReferenceExecutor(spec)
+    with Engine(spec, max_batch=4, task_timeout_s=1.0) as engine:
+        victim = engine.worker_pids()["controlled_1#1"]
+        (tmp_path / "slow").write_text("60")
+        x = _x(2)
+        start = time.perf_counter()
+        future = engine.submit(x)
+        time.sleep(0.3)  # the controlled member is now asleep inside its forward
+        (tmp_path / "slow").unlink()  # the retry will not sleep
+        _assert_same(future.result(timeout=45), reference.infer(x))
+        assert time.perf_counter() - start < 45  # not the 60 s the hung forward wanted
+        assert engine.stats()["restarts"] == 1
+        assert engine.worker_pids()["controlled_1#1"] != victim
+
+
 def test_worker_dying_twice_fails_the_request_without_hanging(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "controlled"])
     with Engine(spec, max_batch=4, max_restarts=3) as engine:

@@ -108,6 +108,7 @@ class Engine:
         inflight_batches: int = 2,
         max_restarts: int = 3,
         start_timeout_s: float = 600.0,
+        task_timeout_s: float | None = 120.0,
         exclusive_cores: bool = True,
         pin: bool = True,
         cores: Sequence[int] | None = None,
@@ -131,6 +132,9 @@ class Engine:
         self.max_delay_s = max_delay_s
         self.max_restarts = max_restarts
         self.start_timeout_s = start_timeout_s
+        # A ready worker holding work that answers nothing for this long is hung: it is
+        # killed, restarted, and its tasks retried once like a crashed worker's (None: off).
+        self.task_timeout_s = task_timeout_s
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._auto_pin = pin and any(c.is_cpu and c.cores is None for c in configs)
         self._handles = [WorkerHandle(c) for c in configs]
@@ -441,6 +445,8 @@ class Engine:
         ready = [h for h in handles if h.state == "ready"]
         if ready:
             h = min(ready, key=lambda h: h.outstanding_rows)
+            if not h.inflight:
+                h.last_progress = time.perf_counter()
             h.inflight[chunk.task_id] = chunk
             h.outstanding_rows += chunk.rows
             h.send(Task(chunk.task_id, chunk.batch.slot, chunk.start, chunk.stop))
@@ -474,6 +480,24 @@ class Engine:
                         self._drain(h, h.conn)
                     if h.process is not None and h.process.sentinel == obj:
                         self._on_death(h)
+            self._kill_hung()
+
+    def _kill_hung(self) -> None:
+        """Kill ready workers that hold tasks but answered none for `task_timeout_s`; their
+        death is then handled like a crash (restart, tasks retried once)."""
+        if self.task_timeout_s is None:
+            return
+        now = time.perf_counter()
+        with self._lock:
+            for h in self._handles:
+                if (h.state == "ready" and h.inflight and h.kill_reason is None
+                        and h.process is not None
+                        and now - h.last_progress > self.task_timeout_s):
+                    h.kill_reason = (f"worker {h.label} answered nothing for "
+                                     f"{self.task_timeout_s:g} s (hung) and was killed")
+                    log.warning("%s", h.kill_reason)
+                    with contextlib.suppress(OSError):
+                        h.process.kill()
 
     def _drain(self, h: WorkerHandle, conn: Connection) -> None:
         """Handle every message waiting on a worker's pipe; EOF means it died."""
@@ -496,6 +520,7 @@ class Engine:
                 chunk = h.inflight.pop(msg.task_id, None)
                 if chunk is None:
                     return
+                h.last_progress = time.perf_counter()
                 h.outstanding_rows -= chunk.rows
                 s = h.stats
                 s.tasks += 1
@@ -565,7 +590,8 @@ class Engine:
             error = h.startup_error
             chunks = list(h.inflight.values())
             h.inflight, h.outstanding_rows = {}, 0
-            why = error or f"worker {h.label} exited with code {code}"
+            why = error or h.kill_reason or f"worker {h.label} exited with code {code}"
+            h.kill_reason = None
             if self._state == "starting":
                 h.state = "failed"
                 self._startup_errors.append(why)

@@ -63,6 +63,8 @@ class WorkerHandle:
         self.stats = InstanceStats()
         self.startup_error: str | None = None
         self.attached = False  # holds the output arena's mapping
+        self.last_progress = 0.0  # when it last got work while idle, or answered a task
+        self.kill_reason: str | None = None  # set when the engine kills it as hung
         self._send_lock = threading.Lock()
 
     @property
