@@ -135,6 +135,7 @@ class Engine:
         # A ready worker holding work that answers nothing for this long is hung: it is
         # killed, restarted, and its tasks retried once like a crashed worker's (None: off).
         self.task_timeout_s = task_timeout_s
+        self._last_hang_check = 0.0
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._auto_pin = pin and any(c.is_cpu and c.cores is None for c in configs)
         self._handles = [WorkerHandle(c) for c in configs]
@@ -485,9 +486,10 @@ class Engine:
     def _kill_hung(self) -> None:
         """Kill ready workers that hold tasks but answered none for `task_timeout_s`; their
         death is then handled like a crash (restart, tasks retried once)."""
-        if self.task_timeout_s is None:
-            return
         now = time.perf_counter()
+        if self.task_timeout_s is None or now - self._last_hang_check < 0.25:
+            return  # off, or checked a moment ago (this runs on every collector wake-up)
+        self._last_hang_check = now
         with self._lock:
             for h in self._handles:
                 if (h.state == "ready" and h.inflight and h.kill_reason is None
