@@ -157,6 +157,21 @@ def test_hung_worker_is_killed_restarted_and_its_work_retried(tmp_path: Path):
         assert engine.worker_pids()["controlled_1#1"] != victim
 
 
+def test_restart_that_hangs_is_killed_and_tried_again(tmp_path: Path):
+    spec = make_spec(tmp_path, ["net_a", "controlled"])
+    reference = ReferenceExecutor(spec)
+    with Engine(spec, max_batch=4, task_timeout_s=1.0, start_timeout_s=8.0) as engine:
+        (tmp_path / "slow").write_text("60")  # the forward, and a restart's warm-up, hang
+        x = _x(1)
+        future = engine.submit(x)
+        deadline = time.monotonic() + 30
+        while engine.stats()["restarts"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # killed once as hung, then once more in its restart
+        (tmp_path / "slow").unlink()
+        assert engine.stats()["restarts"] == 2
+        _assert_same(future.result(timeout=45), reference.infer(x))
+
+
 def test_worker_dying_twice_fails_the_request_without_hanging(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "controlled"])
     with Engine(spec, max_batch=4, max_restarts=3) as engine:

@@ -484,22 +484,30 @@ class Engine:
             self._kill_hung()
 
     def _kill_hung(self) -> None:
-        """Kill ready workers that hold tasks but answered none for `task_timeout_s`; their
-        death is then handled like a crash (restart, tasks retried once)."""
+        """Kill ready workers that hold tasks but answered none for `task_timeout_s`, and
+        restarted workers not ready after `start_timeout_s`; their death is then handled
+        like a crash (restart up to `max_restarts`, tasks retried once, then failed)."""
         now = time.perf_counter()
-        if self.task_timeout_s is None or now - self._last_hang_check < 0.25:
-            return  # off, or checked a moment ago (this runs on every collector wake-up)
+        if now - self._last_hang_check < 0.25:
+            return  # checked a moment ago (this runs on every collector wake-up)
         self._last_hang_check = now
         with self._lock:
             for h in self._handles:
-                if (h.state == "ready" and h.inflight and h.kill_reason is None
-                        and h.process is not None
+                if h.kill_reason is not None or h.process is None:
+                    continue
+                if (h.state == "ready" and h.inflight and self.task_timeout_s is not None
                         and now - h.last_progress > self.task_timeout_s):
                     h.kill_reason = (f"worker {h.label} answered nothing for "
                                      f"{self.task_timeout_s:g} s (hung) and was killed")
-                    log.warning("%s", h.kill_reason)
-                    with contextlib.suppress(OSError):
-                        h.process.kill()
+                elif (h.state == "starting" and self._state == "running"
+                        and now - h.started_at > self.start_timeout_s):
+                    h.kill_reason = (f"restarted worker {h.label} was not ready after "
+                                     f"{self.start_timeout_s:g} s and was killed")
+                else:
+                    continue
+                log.warning("%s", h.kill_reason)
+                with contextlib.suppress(OSError):
+                    h.process.kill()
 
     def _drain(self, h: WorkerHandle, conn: Connection) -> None:
         """Handle every message waiting on a worker's pipe; EOF means it died."""

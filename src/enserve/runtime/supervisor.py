@@ -63,6 +63,7 @@ class WorkerHandle:
         self.stats = InstanceStats()
         self.startup_error: str | None = None
         self.attached = False  # holds the output arena's mapping
+        self.started_at = 0.0  # when its current process was started
         self.last_progress = 0.0  # when it last got work while idle, or answered a task
         self.kill_reason: str | None = None  # set when the engine kills it as hung
         self._send_lock = threading.Lock()
@@ -87,6 +88,7 @@ class WorkerHandle:
         process.start()
         child_end.close()
         self.process, self.conn = process, parent_end
+        self.started_at = time.perf_counter()
         self.state, self.ready = "starting", None
         self.startup_error, self.attached = None, out_layout is not None
         self.inflight, self.outstanding_rows = {}, 0
