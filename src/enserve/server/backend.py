@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +21,6 @@ from enserve.reference import ReferenceExecutor
 from enserve.request import EnsembleResult
 from enserve.server.errors import Code, ServerError
 from enserve.spec import EnsembleSpec
-
-# Request tensors are zero-copy views of the received bytes (read-only); members only read them.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 @dataclass
