@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from enserve.formats.profile import Profile, load_profile
 from enserve.plan import Constraints, plan
 from enserve.plan.cost import throughput
 from enserve.plan.exact import solve_exact
 from enserve.plan.greedy import greedy
 from enserve.plan.problem import build_problem
 from enserve.plan.scenarios import random_profile
-from enserve.profile_format import Profile, load_profile
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 
-from enserve.profile_format import load_profile
+from enserve.formats.profile import load_profile
 
 VARIANTS = ("eager", "channels_last", "torchscript", "onnx")
 

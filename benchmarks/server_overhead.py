@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -30,9 +29,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
-from server_fixtures import start_server
-
+from enserve.bench.local_server import start_server
 from enserve.server.backend import ReferenceBackend
 from enserve.spec import load_spec
 

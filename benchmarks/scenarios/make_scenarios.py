@@ -12,14 +12,14 @@ import argparse
 import math
 from pathlib import Path
 
-from enserve.plan.scenarios import GIB, GPU_SHARES, MIB, gpu_latency, random_profile
-from enserve.profile_format import (
+from enserve.formats.profile import (
     Profile,
     ProfileDevice,
     ProfileEntry,
     ProfileMember,
     save_profile,
 )
+from enserve.plan.scenarios import GIB, GPU_SHARES, MIB, gpu_latency, random_profile
 
 HERE = Path(__file__).resolve().parent
 

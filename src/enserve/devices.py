@@ -21,6 +21,10 @@ Examples: `4xcuda:16GB` (four 16 GiB GPUs), `cpu:64GB:16` (16 cores, 64 GiB),
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import math
 import os
 import re
@@ -179,3 +183,12 @@ def parse_device_decl(text: str) -> list[Device]:
             device_id = f"cuda:{index}" if kind == "cuda" else ("cpu" if index == 0 else f"cpu:{index}")
             devices.append(Device(device_id, cast(DeviceKind, kind), memory, units))
     return devices
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and ask glibc to give freed heap pages back to the OS."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(libc_name).malloc_trim(0)

@@ -10,7 +10,7 @@ import numpy as np
 from enserve.combine import agreement, combine
 from enserve.errors import SpecError
 from enserve.members import Member, load_member
-from enserve.request import EnsembleResult, validate_inputs
+from enserve.result import EnsembleResult, validate_inputs
 from enserve.spec import EnsembleSpec
 
 

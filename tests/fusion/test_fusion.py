@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import write_onnx_ensemble, write_torch_ensemble
 
 from enserve.errors import ModelLoadError, SpecError
 from enserve.fusion import FusionGroup, fusion_candidates, load_fused
 from enserve.fusion.fold import fold_conv_bn, trace
 from enserve.reference import ReferenceExecutor
 from enserve.spec import load_spec
+from tests.helpers.tiny_models import write_onnx_ensemble, write_torch_ensemble
 
 RULES = ["mean_prob", "weighted_mean_prob", "mean_logits", "majority_vote", "max_prob", "geometric_mean"]
 PROB_TOL = 2e-6
@@ -86,7 +86,7 @@ def test_fx_partial_group_returns_member_logits(torch_dir: Path) -> None:
 
 
 def test_folding_removes_batchnorm_and_keeps_outputs() -> None:
-    from tiny_models import randomized, small_cnn
+    from tests.helpers.tiny_models import randomized, small_cnn
 
     model = randomized(small_cnn(), 3)
     gm = trace(model)

@@ -9,10 +9,9 @@ import pytest
 
 from enserve.devices import parse_device_decl
 from enserve.errors import PlanError
+from enserve.formats.profile import Profile
 from enserve.plan import ALGORITHMS, Constraints, Plan, evaluate, load_plan, plan, save_plan
-from enserve.profile_format import Profile
-
-from .conftest import GB, cpu, entry, gpu, profile, same_on_devices
+from tests.helpers.profiles import GB, cpu, entry, gpu, profile, same_on_devices
 
 
 def replicas() -> Profile:

@@ -13,8 +13,7 @@ from enserve.plan.cost import latency, proportional_terms
 from enserve.plan.problem import build_problem
 from enserve.plan.scenarios import random_profile
 from enserve.plan.search import aggregates, evaluate_moves
-
-from .conftest import GB, cpu, entry, gpu, profile
+from tests.helpers.profiles import GB, cpu, entry, gpu, profile
 
 
 def inst(member: str, device: str, batch: int, share: float, memory_gb: float) -> Instance:

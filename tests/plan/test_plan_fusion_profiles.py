@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from enserve.cli import main
-from enserve.fusion.planning import choose_fusion
+from enserve.formats.profile import profile_from_dict
 from enserve.plan import plan
-from enserve.profile_format import profile_from_dict
+from enserve.plan.fusion import choose_fusion
 
 
 def fused_profile(group_latency: float) -> dict[str, object]:

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from enserve.errors import PlanError
+from enserve.formats.profile import Profile
 from enserve.plan import Constraints, Plan, evaluate, plan
 from enserve.plan.scenarios import random_profile
-from enserve.profile_format import Profile
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from enserve.formats.profile import load_profile
 from enserve.plan import Instance, plan
 from enserve.plan.cost import throughput
 from enserve.plan.exact import solve_exact
 from enserve.plan.greedy import greedy
 from enserve.plan.problem import build_problem, counts_from_instances
 from enserve.plan.scenarios import random_profile
-from enserve.profile_format import load_profile
 
 REFERENCE = Path(__file__).parent / "data" / "exact_reference.json"
 SCENARIOS = Path(__file__).resolve().parents[2] / "benchmarks" / "scenarios"

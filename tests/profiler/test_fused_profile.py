@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 
 from enserve.errors import PlanError, ProfileError
-from enserve.fusion.planning import (
-    choose_fusion,
-    plan_groups,
-    profile_for_plan,
-    profile_groups,
-    restrict_profile,
-)
-from enserve.profile_format import load_profile, profile_from_dict, save_profile
+from enserve.formats.profile import load_profile, profile_from_dict, save_profile
+from enserve.plan.fusion import choose_fusion, plan_groups, profile_for_plan
+from enserve.plan.restrict import profile_groups, restrict_profile
 from enserve.profiler import profile_spec_dict
 from enserve.reference import ReferenceExecutor
 from enserve.spec import load_spec

@@ -11,7 +11,7 @@ import pytest
 
 from enserve.cli import main
 from enserve.errors import ProfileError
-from enserve.profile_format import Profile, load_profile, profile_from_dict
+from enserve.formats.profile import Profile, load_profile, profile_from_dict
 from enserve.profiler import default_cpu_shares, profile_spec, profile_spec_dict
 
 FAST = {"batch_sizes": (1, 2), "shares": [1], "repeats": 2, "warmup": 1, "progress": False,

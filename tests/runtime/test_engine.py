@@ -15,8 +15,7 @@ from enserve.combine import COMBINERS
 from enserve.errors import InferenceError, ModelLoadError, OverloadedError
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine
-
-from .tiny import make_spec, worker_children
+from tests.helpers.runtime import make_spec, worker_children
 
 RNG = np.random.default_rng(7)
 

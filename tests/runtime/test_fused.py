@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from enserve.errors import PlanError
-from enserve.fusion.planning import unfuse_plan
+from enserve.plan.fusion import unfuse_plan
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine
 from enserve.runtime.placement import configs_from_plan, execution_units
-
-from .tiny import make_spec
+from tests.helpers.runtime import make_spec
 
 RNG = np.random.default_rng(11)
 
@@ -114,7 +113,7 @@ def test_units_map_groups_to_members(tmp_path: Path):
 
 
 def test_engine_planned_from_a_profile_uses_the_faster_fused_group(tmp_path: Path):
-    from enserve.profile_format import profile_from_dict
+    from enserve.formats.profile import profile_from_dict
 
     spec = make_spec(tmp_path, ["net_a", "net_b"])
     entries = [{"member": m, "device": "cpu", "batch_size": 4, "share": 1, "latency_s": 0.002,

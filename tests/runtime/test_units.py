@@ -13,8 +13,7 @@ from enserve.errors import OverloadedError, PlanError
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
 from enserve.runtime.placement import WorkerConfig, balance_cores, configs_from_plan
 from enserve.runtime.shm import Arena, ArrayField, leaked_segments
-
-from .tiny import make_spec
+from tests.helpers.runtime import make_spec
 
 
 def _req(rows: int) -> PendingRequest:

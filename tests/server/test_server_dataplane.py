@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from enserve.repository import ModelRepository
-from enserve.request import EnsembleResult
+from enserve.result import EnsembleResult
 from enserve.server.backend import Outcome, Timing, check_deadline
 from enserve.server.dataplane import DataPlane
 from enserve.server.errors import Code, ServerError
 from enserve.server.limits import Limits
 from enserve.server.protocol import InferRequest
+from enserve.server.repository import ModelRepository
 from enserve.spec import EnsembleSpec
 
 
@@ -178,7 +178,7 @@ def test_bearer_token(repo: Path) -> None:
 
 
 def test_memory_budget_loads_on_demand_and_evicts(repo: Path) -> None:
-    from enserve.repository import BudgetedRepository
+    from enserve.server.repository import BudgetedRepository
 
     async def main() -> None:
         backends: dict[str, list[GatedBackend]] = {}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
-from server_fixtures import TOKEN, RunningServer
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from enserve.reference import ReferenceExecutor
+from tests.helpers.server import TOKEN, RunningServer
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

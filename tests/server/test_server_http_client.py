@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
-from server_fixtures import TOKEN, RunningServer
 from tritonclient.utils import InferenceServerException
 
 from enserve.reference import ReferenceExecutor
+from tests.helpers.server import TOKEN, RunningServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

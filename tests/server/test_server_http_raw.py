@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_fixtures import RunningServer
 
 from enserve.reference import ReferenceExecutor
+from tests.helpers.server import RunningServer
 
 HEADER = "Inference-Header-Content-Length"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from server_fixtures import start_server
 from tritonclient.utils import InferenceServerException
 
 from enserve.reference import ReferenceExecutor
 from enserve.server.engine_backend import engine_available
+from tests.helpers.server import start_server
 
 
 def _infer(url: str, batch: int) -> np.ndarray:

@@ -16,14 +16,7 @@ from typing import Any
 
 from enserve.errors import EnserveError
 from enserve.fusion.candidates import fusion_candidates
-from enserve.fusion.planning import (
-    FUSION_MODES,
-    GroupRef,
-    choose_fusion,
-    default_fused_plan,
-    plan_groups,
-    unfuse_plan,
-)
+from enserve.plan.fusion import FUSION_MODES, choose_fusion, default_fused_plan, plan_groups, unfuse_plan
 from enserve.spec import EnsembleSpec
 
 
@@ -51,7 +44,7 @@ def resolve_plan(spec: EnsembleSpec, plan: Any, profile: Any, fusion: str, cores
         plan = decision.plan
         info.update(source="profile", **decision.to_dict())
     elif fusion == "on":
-        groups = [GroupRef(g.name, g.kind, g.members) for g in fusion_candidates(spec)
+        groups = [g.ref() for g in fusion_candidates(spec)
                   if len({spec.input_for(spec.member(m)).name for m in g.members}) == 1]
         plan = default_fused_plan([m.name for m in spec.members], groups, cores, batch_size)
         info["source"] = "default-fused"

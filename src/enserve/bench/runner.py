@@ -17,7 +17,7 @@ from enserve.bench.load import LoadResult, Target, run_load
 from enserve.bench.plans import resolve_plan
 from enserve.bench.remote import RemoteTarget, connect, run_remote_round
 from enserve.bench.targets import InProcessServer, build_baseline
-from enserve.fusion.planning import plan_groups, unfuse_plan
+from enserve.plan.fusion import plan_groups, unfuse_plan
 from enserve.runtime import Engine
 from enserve.runtime.stats import kernel_bound_throughput, percentiles
 from enserve.spec import EnsembleSpec
@@ -100,7 +100,7 @@ class BenchSession:
 
     The plan is resolved under `cfg.fusion` (`enserve.bench.plans.resolve_plan`); the
     `unfused` baseline is a second engine running the same plan with every fused group
-    split into its members (`enserve.fusion.planning.unfuse_plan`)."""
+    split into its members (`enserve.plan.fusion.unfuse_plan`)."""
 
     def __init__(self, spec: EnsembleSpec, plan: Any, cfg: BenchConfig, profile: Any = None,
                  progress: Callable[[str], None] = print) -> None:

@@ -143,6 +143,6 @@ def _load_plan(path: str) -> Any:
 
 
 def _load_profile(path: str) -> Any:
-    from enserve.profile_format import load_profile
+    from enserve.formats.profile import load_profile
 
     return load_profile(path)

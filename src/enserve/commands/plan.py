@@ -60,7 +60,7 @@ def _devices(text: str | None) -> Any:
 
 
 def _profile(args: argparse.Namespace) -> Any:
-    from enserve.profile_format import load_profile
+    from enserve.formats.profile import load_profile
 
     if (args.spec is None) == (args.profile is None):
         raise PlanError("give either a SPEC to profile or --profile FILE (not both)")
@@ -72,8 +72,8 @@ def _profile(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enserve.fusion.planning import choose_fusion
     from enserve.plan import Constraints, evaluate, save_plan
+    from enserve.plan.fusion import choose_fusion
 
     profile = _profile(args)
     constraints = Constraints(max_latency_s=args.max_latency, min_throughput=args.min_throughput,

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from enserve.combine import top_k
-from enserve.images import load_batch
+from enserve.commands.images import load_batch
 from enserve.reference import ReferenceExecutor
-from enserve.request import EnsembleResult, v2_json_response
+from enserve.result import EnsembleResult, v2_json_response
 from enserve.spec import EnsembleSpec, load_spec
 
 

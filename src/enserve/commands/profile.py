@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         refresh=args.refresh,
         fusion=args.fusion,
     )
-    from enserve.profile_format import profile_from_dict, save_profile
+    from enserve.formats.profile import profile_from_dict, save_profile
 
     save_profile(profile_from_dict(data), args.out)
     print_summary(data)

@@ -2,7 +2,7 @@
 combiner inside, one vectorized forward for same-architecture members, or one merged
 ONNX graph.
 
-Names load lazily, so `enserve.fusion.planning` (used by the planner and the command
+Names load lazily, so `enserve.plan.fusion` (used by the planner and the command
 line) can be imported without importing torch.
 """
 

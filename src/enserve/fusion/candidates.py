@@ -4,12 +4,12 @@ and the planner use it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from enserve.formats.groups import GROUP_KINDS, GroupKind, GroupRef, group_name
 from enserve.spec import EnsembleSpec, MemberSpec
 
-FusionKind = Literal["fx", "horizontal", "onnx"]
-FUSION_KINDS: tuple[FusionKind, ...] = ("fx", "horizontal", "onnx")
+FusionKind = GroupKind
+FUSION_KINDS: tuple[FusionKind, ...] = GROUP_KINDS
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,10 @@ class FusionGroup:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{'+'.join(self.members)}"
+        return group_name(self.kind, self.members)
+
+    def ref(self) -> GroupRef:
+        return GroupRef.of(self.kind, self.members)
 
 
 def architecture_key(member: MemberSpec) -> tuple[object, ...] | None:

@@ -91,7 +91,7 @@ def load_fused(
 
     `combine_in_graph` (default: when the group is the whole ensemble) puts the combiner
     in the graph. `modules` supplies already built torch modules (e.g. from
-    `fastload.load_packed`) instead of building them from the spec. `frozen` (fx only)
+    `members.packed.load_packed`) instead of building them from the spec. `frozen` (fx only)
     additionally TorchScript-freezes the graph.
     """
     if kind not in FUSION_KINDS:

@@ -9,7 +9,7 @@ import numpy as np
 from enserve.combine import agreement, combine
 from enserve.errors import InferenceError
 from enserve.members.base import Member, Signature
-from enserve.request import EnsembleResult, validate_inputs
+from enserve.result import EnsembleResult, validate_inputs
 from enserve.spec import EnsembleSpec
 
 # Takes the request arrays in `input_names` order; returns stacked logits [M, B, C] and

@@ -52,7 +52,8 @@ import numpy as np
 
 from enserve.devices import Device
 from enserve.errors import PlanError
-from enserve.plan.model import Instance, Plan, Predicted
+from enserve.formats.plan import Instance, Plan, Predicted
+from enserve.formats.profile import Profile
 from enserve.plan.problem import (
     FloatArray,
     IntArray,
@@ -61,7 +62,6 @@ from enserve.plan.problem import (
     counts_from_instances,
     group_sum,
 )
-from enserve.profile_format import Profile
 
 OVERSUBSCRIBED_TOL = 1e-9
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from enserve.errors import PlanError
+from enserve.plan.mip import feasible_counts
 from enserve.plan.problem import EPS, IntArray, Problem, format_bytes
 
 
@@ -45,8 +46,6 @@ def worst_fit_decreasing(problem: Problem) -> IntArray:
         slots[target] -= 1
     if not unplaced:
         return counts
-    from enserve.plan.exact import feasible_counts
-
     packed = feasible_counts(problem)
     if packed is not None:
         return packed

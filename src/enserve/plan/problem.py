@@ -20,8 +20,8 @@ import numpy.typing as npt
 
 from enserve.devices import Device
 from enserve.errors import PlanError, ProfileError
-from enserve.plan.model import OBJECTIVES, Instance
-from enserve.profile_format import Profile, ProfileEntry
+from enserve.formats.plan import OBJECTIVES, Instance
+from enserve.formats.profile import Profile, ProfileEntry
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from enserve.devices import json_number
+from enserve.formats.plan import Instance, Plan
 from enserve.plan.cost import CostReport
-from enserve.plan.model import Instance, Plan
 
 
 def _gib(count: float) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from enserve.profile_format import Profile, ProfileDevice, ProfileEntry, ProfileMember
+from enserve.formats.profile import Profile, ProfileDevice, ProfileEntry, ProfileMember
 
 GIB = 2**30
 MIB = 2**20

@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from enserve.fusion.planning import is_fused_variant
+from enserve.formats.groups import is_fused_variant
 from enserve.spec import load_spec
 
 MAX_SECONDS_PER_BATCH = 20.0
@@ -125,8 +125,8 @@ def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
     import torch
 
     from enserve.variants.build import load_variant
-    from enserve.variants.check import random_request
     from enserve.variants.fused import group_of, load_fused_variant
+    from enserve.variants.samples import random_request
 
     spec = load_spec(task.spec_path)
     fused = is_fused_variant(task.variant)

@@ -12,15 +12,10 @@ from typing import Any
 
 from enserve.devices import Device
 from enserve.errors import ProfileError
+from enserve.formats.groups import KIND_VARIANTS, group_fingerprint, is_fused_variant, parse_group_name
+from enserve.formats.profile import Profile, profile_from_dict
 from enserve.fusion.candidates import FusionGroup, fusion_candidates
-from enserve.fusion.planning import (
-    FUSION_MODES,
-    KIND_VARIANTS,
-    group_fingerprint,
-    is_fused_variant,
-    parse_group_name,
-)
-from enserve.profile_format import Profile, profile_from_dict
+from enserve.plan.fusion import FUSION_MODES
 from enserve.profiler.cache import ResultCache, cpu_model, device_identity
 from enserve.profiler.child import MAX_SECONDS_PER_BATCH, Task, load_average, run_task
 from enserve.profiler.settings import (
@@ -73,7 +68,7 @@ def profile_spec(
     refresh: bool = False,
     fusion: str = "auto",
 ) -> Profile:
-    """Profile every member of the spec; returns a `Profile` (see `profile_format`).
+    """Profile every member of the spec; returns a `Profile` (see `enserve.formats.profile`).
 
     `devices`: ids or `Device`s among those detected here (default: all detected).
     `shares`: CPU core counts (a sequence), or a mapping from device id or kind to shares

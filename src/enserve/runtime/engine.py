@@ -36,7 +36,7 @@ import numpy as np
 from enserve.combine import RunningCombination
 from enserve.datatypes import numpy_dtype
 from enserve.errors import EnserveError, InferenceError, ModelLoadError, SpecError
-from enserve.request import EnsembleResult, output_names, validate_inputs
+from enserve.result import EnsembleResult, output_names, validate_inputs
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
 from enserve.runtime.corelocks import create_lock_dir, remove_lock_dir
 from enserve.runtime.messages import Attach, Done, Failed, Pin, Ready, Task
@@ -92,7 +92,7 @@ class Engine:
     (from `profile` through the planner where given, else one instance per member with
     members spread over the cores by their measured cost). `fusion` ("auto", "on", "off")
     applies when planning from a profile that carries fused groups (see
-    `enserve.fusion.planning.plan_with_fusion`); a plan's instance whose `member` names a
+    `enserve.plan.fusion.plan_with_fusion`); a plan's instance whose `member` names a
     fused group (`fx:a+b`) runs the group as one unit.
     """
 
@@ -751,10 +751,10 @@ def _fail_future(future: Future[Any], error: BaseException) -> bool:
 
 def _plan_from_profile(profile: Any, fusion: str = "auto") -> Any:
     """Plan with the planner's greedy algorithm, choosing fused groups per `fusion`."""
-    from enserve.fusion.planning import plan_with_fusion
+    from enserve.plan.fusion import plan_with_fusion
 
     if isinstance(profile, (str, Path)):
-        from enserve.profile_format import load_profile
+        from enserve.formats.profile import load_profile
 
         profile = load_profile(profile)
     return plan_with_fusion(profile, fusion, algorithm="greedy")
@@ -774,7 +774,7 @@ def _has_key(mapping: Mapping[int, float], key: int) -> Any:
 def load_plan_file(path: str | Path) -> Any:
     """A plan file through the planner's `load_plan` (validated), else as plain JSON."""
     try:
-        from enserve.plan.model import load_plan
+        from enserve.formats.plan import load_plan
     except ImportError:
         import json
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from enserve.errors import PlanError
-from enserve.fusion.planning import is_fused_variant, parse_group_name
+from enserve.formats.groups import is_fused_variant, parse_group_name
 from enserve.spec import EnsembleSpec
 
 DEFAULT_VARIANTS = ("default", "", None)
@@ -125,7 +125,7 @@ def execution_units(configs: Sequence[WorkerConfig]) -> dict[str, tuple[str, ...
             other = producer.setdefault(m, cfg.member)
             if other != cfg.member:
                 raise PlanError(f"member '{m}' is planned twice: by '{other}' and by "
-                                f"'{cfg.member}' (plan with enserve.fusion.planning."
+                                f"'{cfg.member}' (plan with enserve.plan.fusion."
                                 "plan_with_fusion, which uses each member once)")
     return units
 

@@ -22,11 +22,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from enserve.errors import EnserveError
-from enserve.repository import BackendFactory, BudgetedRepository, ModelRepository
 from enserve.server.dataplane import DataPlane
 from enserve.server.grpc import build_grpc_server
 from enserve.server.http import build_app, build_metrics_app
 from enserve.server.limits import Limits
+from enserve.server.repository import BackendFactory, BudgetedRepository, ModelRepository
 
 log = logging.getLogger("enserve.server")
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from enserve.errors import InferenceError
 from enserve.reference import ReferenceExecutor
-from enserve.request import EnsembleResult
+from enserve.result import EnsembleResult
 from enserve.server.errors import Code, ServerError
 from enserve.spec import EnsembleSpec
 

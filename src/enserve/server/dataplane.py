@@ -15,13 +15,13 @@ import numpy as np
 
 import enserve
 from enserve.datatypes import numpy_dtype, v2_datatype
-from enserve.repository import LoadedEnsemble, ModelRepository
-from enserve.request import validate_inputs
+from enserve.result import validate_inputs
 from enserve.server.backend import Outcome, Timing
 from enserve.server.errors import Code, ServerError, as_server_error
 from enserve.server.limits import Admission, Limits
 from enserve.server.metrics import Metrics
 from enserve.server.protocol import InferRequest, InferResponse, tensor_from_bytes, timeout_deadline
+from enserve.server.repository import LoadedEnsemble, ModelRepository
 from enserve.server.stats import StatsBook
 from enserve.spec import EnsembleSpec, MemberSpec
 

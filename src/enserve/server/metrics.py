@@ -65,7 +65,7 @@ class Metrics:
 
     def __init__(self, stats: StatsBook, swap_stats: Callable[[], Any] | None = None) -> None:
         self.stats = stats
-        self.swap_stats = swap_stats  # `enserve.swap.SwapStats` source under a memory budget
+        self.swap_stats = swap_stats  # `enserve.server.residency.SwapStats` source under a memory budget
         self.registry = CollectorRegistry()
         self.member_latency = Histogram(
             "enserve_member_latency_seconds", "Time one member took on one batch",
@@ -133,7 +133,7 @@ _SWAP_COUNTERS = (
 
 
 def _swap_lines(swap: Any) -> list[str]:
-    """Residency counters and per-device bytes from `enserve.swap.SwapStats`."""
+    """Residency counters and per-device bytes from `enserve.server.residency.SwapStats`."""
     lines: list[str] = []
     for name, help_text, attr in _SWAP_COUNTERS:
         lines += _family(name, help_text, "counter", [("", float(getattr(swap, attr)))])

@@ -20,13 +20,14 @@ from enserve.variants.names import (
 
 if TYPE_CHECKING:
     from enserve.variants.build import load_variant
-    from enserve.variants.check import VariantCheck, check_variant, random_request
+    from enserve.variants.check import VariantCheck, check_variant
+    from enserve.variants.samples import random_request
 
 _LAZY = {
     "load_variant": "enserve.variants.build",
     "VariantCheck": "enserve.variants.check",
     "check_variant": "enserve.variants.check",
-    "random_request": "enserve.variants.check",
+    "random_request": "enserve.variants.samples",
 }
 
 

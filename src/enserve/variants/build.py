@@ -21,6 +21,7 @@ from enserve.members.preprocess import Preprocessor
 from enserve.spec import EnsembleSpec, MemberSpec
 from enserve.variants.fingerprint import atomic_write_target, default_cache_dir, member_fingerprint
 from enserve.variants.names import VARIANTS, available_variants
+from enserve.variants.samples import random_request
 
 ONNX_OPSET = 18
 
@@ -29,8 +30,6 @@ def random_prepared_batch(
     spec: EnsembleSpec, member: MemberSpec, batch: int, seed: int = 0
 ) -> np.ndarray:
     """A random request batch for `member`, passed through its preprocessing."""
-    from enserve.variants.check import random_request
-
     return Preprocessor(member.preprocess)(random_request(spec, member, batch, seed))
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from enserve.combine import softmax
-from enserve.datatypes import numpy_dtype
 from enserve.members import Member, load_member
 from enserve.spec import EnsembleSpec, MemberSpec
 from enserve.variants.build import load_variant
 from enserve.variants.names import REDUCED_PRECISION
+from enserve.variants.samples import random_request
 
 TOLERANCE = 1e-4
 CHECK_BATCH_SIZES = (1, 3)
@@ -42,21 +42,6 @@ class VariantCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def random_request(spec: EnsembleSpec, member: MemberSpec, batch: int, seed: int = 0) -> np.ndarray:
-    """Random request data for the member's input: normal floats, or integers in range."""
-    tensor = spec.input_for(member)
-    shape = (batch, *(d if d > 0 else 16 for d in tensor.shape[1:]))
-    rng = np.random.default_rng(seed)
-    dtype = numpy_dtype(tensor.datatype) if tensor.datatype != "BF16" else np.dtype(np.float32)
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.integers(0, 2, shape).astype(bool)
-    high = 256 if dtype.itemsize == 1 else 1000
-    low = 0 if dtype.kind == "u" or dtype.itemsize == 1 else -1000
-    return rng.integers(low, high, shape).astype(dtype)
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float]:

@@ -2,7 +2,7 @@
 `fused-horizontal`, `fused-onnx`) and check it against the reference members.
 
 A group's "member" name is its `FusionGroup` name (`fx:cnn+mlp`); see
-`enserve.fusion.planning`.
+`enserve.plan.fusion`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import cast
 import numpy as np
 
 from enserve.errors import SpecError
+from enserve.formats.groups import KIND_VARIANTS, GroupKind, GroupRef, parse_group_name, variant_options
 from enserve.fusion.member import FusedMember
-from enserve.fusion.planning import KIND_VARIANTS, GroupRef, parse_group_name, variant_options
 from enserve.members import Member, load_member
 from enserve.spec import EnsembleSpec
 from enserve.variants.check import TOLERANCE, VariantCheck, check_variant
@@ -32,7 +32,7 @@ def group_of(spec: EnsembleSpec, name: str) -> GroupRef:
     return group
 
 
-def fused_variant_names(kind: str) -> tuple[str, ...]:
+def fused_variant_names(kind: GroupKind) -> tuple[str, ...]:
     return KIND_VARIANTS[kind]
 
 
@@ -48,7 +48,7 @@ def load_fused_variant(spec: EnsembleSpec, name: str, variant: str | None = None
         raise SpecError(f"fused group '{name}' ({group.kind}) cannot run as '{variant}'; "
                         f"available: {', '.join(KIND_VARIANTS[group.kind])}")
     options = variant_options(variant)
-    fused = load_fused(spec, group.covers, group.kind, max(1, threads),  # type: ignore[arg-type]
+    fused = load_fused(spec, group.covers, group.kind, max(1, threads),
                        combine_in_graph=False, frozen=options["frozen"],
                        channels_last=options["channels_last"])
     fused.variant = variant

@@ -12,139 +12,18 @@ This module imports no torch: the planner side and the command line use it.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from enserve.errors import PlanError
-from enserve.profile_format import Profile
+from enserve.formats.groups import GROUP_KINDS, KIND_VARIANTS, GroupRef, parse_group_name
+from enserve.formats.profile import Profile
+from enserve.plan.restrict import disjoint_combinations, profile_groups, restrict_profile
+from enserve.plan.solve import plan as make_plan
 
 FusionMode = Literal["auto", "on", "off"]
 FUSION_MODES: tuple[str, ...] = ("auto", "on", "off")
-FUSED_PREFIX = "fused-"
-KINDS = ("fx", "horizontal", "onnx")
-#: Variants the profiler measures for each kind of group.
-KIND_VARIANTS: dict[str, tuple[str, ...]] = {
-    "fx": ("fused-fx", "fused-fx-frozen"),
-    "horizontal": ("fused-horizontal",),
-    "onnx": ("fused-onnx",),
-}
-MAX_COMBINATIONS = 64
-
-
-@dataclass(frozen=True)
-class GroupRef:
-    """A fused group named in a profile or plan: its kind and the members it covers."""
-
-    name: str
-    kind: str
-    covers: tuple[str, ...]
-
-
-def parse_group_name(name: str) -> GroupRef | None:
-    """`"fx:a+b"` -> GroupRef(kind "fx", covers (a, b)); None for an ordinary member name.
-
-    Member names cannot contain ':' or '+' (the spec forbids them), so this is unambiguous.
-    """
-    kind, sep, rest = name.partition(":")
-    if not sep or kind not in KINDS or not rest:
-        return None
-    members = tuple(rest.split("+"))
-    if any(not m for m in members):
-        return None
-    return GroupRef(name, kind, members)
-
-
-def is_fused_variant(variant: str | None) -> bool:
-    return bool(variant) and str(variant).startswith(FUSED_PREFIX)
-
-
-def variant_options(variant: str) -> dict[str, bool]:
-    """`load_fused` keyword options a fused variant name stands for."""
-    return {"frozen": variant.endswith("-frozen"), "channels_last": "-cl" in variant}
-
-
-def group_fingerprint(member_fingerprints: Sequence[str], kind: str, variant: str) -> str:
-    """Identifies a fused group's model: its kind, variant and its members' fingerprints."""
-    blob = "|".join([kind, variant, *member_fingerprints]).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-# ----------------------------------------------------------------------------- profiles
-def profile_groups(profile: Profile) -> dict[str, GroupRef]:
-    """The fused groups a profile carries (members with `covers`, or a group name)."""
-    real = {m.name for m in profile.members if not _covers(m)}
-    out: dict[str, GroupRef] = {}
-    for m in profile.members:
-        covers = _covers(m)
-        ref = parse_group_name(m.name)
-        if covers:
-            kind = str(getattr(m, "fusion_kind", None) or (ref.kind if ref else "fx"))
-            ref = GroupRef(m.name, kind, tuple(covers))
-        if ref is None:
-            continue
-        unknown = sorted(set(ref.covers) - real)
-        if unknown:
-            raise PlanError(f"profile: fused group '{ref.name}' covers unknown member(s) "
-                            f"{', '.join(unknown)}")
-        out[ref.name] = ref
-    return out
-
-
-def lists_groups_with_members(profile: Profile) -> bool:
-    """True when a fused group appears next to all the members it covers (the raw output of
-    `enserve profile`), as opposed to a profile already restricted to one fusion choice."""
-    present = {m.name for m in profile.members}
-    return any(set(c) <= present for c in map(_covers, profile.members) if c)
-
-
-def _covers(member: Any) -> list[str]:
-    extra = getattr(member, "model_extra", None) or {}
-    covers = extra.get("covers")
-    return [str(c) for c in covers] if isinstance(covers, list) else []
-
-
-def restrict_profile(profile: Profile, groups: Iterable[str]) -> Profile:
-    """The profile as the planner should see it when exactly `groups` are used: each group
-    replaces the members it covers (in the position of its first member); every other
-    fused group is dropped. `groups=()` gives the unfused profile."""
-    known = profile_groups(profile)
-    chosen = [known[g] for g in groups]
-    covered: dict[str, str] = {}
-    for g in chosen:
-        for name in g.covers:
-            if name in covered:
-                raise PlanError(f"fused groups '{covered[name]}' and '{g.name}' both cover "
-                                f"'{name}'")
-            covered[name] = g.name
-    keep: list[str] = []
-    for pm in profile.members:
-        if pm.name in known:
-            continue
-        target = covered.get(pm.name, pm.name)
-        if target not in keep:
-            keep.append(target)
-    by_name = {m.name: m for m in profile.members}
-    members = [by_name[n] for n in keep]
-    kept = set(keep)
-    entries = [e for e in profile.entries if e.member in kept]
-    return profile.model_copy(update={"members": members, "entries": entries})
-
-
-def disjoint_combinations(groups: Sequence[GroupRef], limit: int = MAX_COMBINATIONS
-                          ) -> list[tuple[str, ...]]:
-    """Non-empty sets of groups that cover no member twice (largest first, at most `limit`)."""
-    found: list[tuple[str, ...]] = []
-    for size in range(len(groups), 0, -1):
-        for combo in itertools.combinations(groups, size):
-            members = [m for g in combo for m in g.covers]
-            if len(members) == len(set(members)):
-                found.append(tuple(g.name for g in combo))
-                if len(found) >= limit:
-                    return found
-    return found
 
 
 # ----------------------------------------------------------------------------- planning
@@ -191,8 +70,6 @@ def choose_fusion(
     """Plan with `fusion` "off" (real members only), "on" (the best plan among those that
     use at least one fused group, each replacing the members it covers) or "auto" (the best
     of both). Ties keep the plan with fewer fused groups (the unfused one under auto)."""
-    from enserve.plan import plan as make_plan
-
     if fusion not in FUSION_MODES:
         raise PlanError(f"--fusion: '{fusion}' is not one of {', '.join(FUSION_MODES)}")
     groups = list(profile_groups(profile).values())
@@ -305,7 +182,7 @@ def default_fused_plan(member_names: Sequence[str], groups: Sequence[GroupRef], 
     `cores // units` times (at least once). One thread per instance keeps an instance from
     waiting on a descheduled sibling thread when other processes share the cores. Raises
     PlanError when there is no group to use."""
-    rank = {k: i for i, k in enumerate(KINDS)}
+    rank = {k: i for i, k in enumerate(GROUP_KINDS)}
     chosen: list[GroupRef] = []
     taken: set[str] = set()
     for g in sorted(groups, key=lambda g: (-len(g.covers), rank.get(g.kind, 9))):

@@ -190,7 +190,7 @@ def _warm_main(conn: mpc.Connection, threads: int) -> None:
     """Worker loop: torch and enserve are imported before the first command arrives."""
     import enserve.fusion.groups
     import enserve.members  # noqa: F401
-    from enserve.swap import release_freed_memory
+    from enserve.devices import release_freed_memory
 
     torch.set_num_threads(threads)
     runner: Any = None

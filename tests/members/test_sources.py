@@ -12,8 +12,7 @@ import torch
 from enserve.errors import ModelLoadError, SpecError
 from enserve.members import load_member
 from enserve.spec import spec_from_dict
-
-from .conftest import random_batch, tiny_module
+from tests.helpers.models import random_batch, tiny_module
 
 
 def spec_with(model_dir: Path, channels: int = 1, **member: object) -> object:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from enserve.errors import ProfileError
-from enserve.profile_format import load_profile, save_profile
+from enserve.formats.profile import load_profile, save_profile
 
 MINIMAL = {
     "devices": [{"id": "cuda:0", "kind": "cuda", "memory_bytes": 17179869184,
@@ -81,7 +81,7 @@ def test_format_module_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, enserve.profile_format, enserve.plan, enserve.devices; "
+    code = ("import sys, enserve.formats.profile, enserve.plan, enserve.devices; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,13 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import write_torch_ensemble
 
 from enserve.errors import ModelLoadError
-from enserve.fastload import PackedFile, WarmWorker, load_packed, load_runner, pack_ensemble, read_seconds
 from enserve.fusion import load_fused
+from enserve.members.packed import (
+    PackedFile,
+    WarmWorker,
+    load_packed,
+    load_runner,
+    pack_ensemble,
+    read_seconds,
+)
 from enserve.reference import ReferenceExecutor
 from enserve.spec import load_spec
+from tests.helpers.tiny_models import write_torch_ensemble
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +97,10 @@ RSS_SCRIPT = textwrap.dedent(
     import asyncio, json, sys
     import numpy as np, psutil, torch
     from safetensors.torch import save_file
-    from enserve.fastload import load_packed
+    from enserve.members.packed import load_packed
     from enserve.fusion import load_fused
     from enserve.spec import spec_from_dict
-    from enserve.swap import Loaded, ResidencyManager
+    from enserve.server.residency import Loaded, ResidencyManager
     from pathlib import Path
 
     folder = Path(sys.argv[1])

@@ -212,7 +212,7 @@ def _splits(name: str) -> list[tuple[str, str, str]]:
 
 
 class BudgetedRepository(ModelRepository):
-    """A repository under a memory budget (`enserve.swap.ResidencyManager`).
+    """A repository under a memory budget (`enserve.server.residency.ResidencyManager`).
 
     Ensembles load on their first request (concurrent first requests share one load),
     the least valuable idle ones are evicted when a load needs room, and ensembles idle
@@ -224,7 +224,7 @@ class BudgetedRepository(ModelRepository):
         self, root: str | Path, backend_factory: BackendFactory, budget_bytes: int,
         idle_unload_s: float | None = None, unload_timeout_s: float = 30.0,
     ) -> None:
-        from enserve.swap import ResidencyManager
+        from enserve.server.residency import ResidencyManager
 
         super().__init__(root, backend_factory, unload_timeout_s)
         self.residency: ResidencyManager[LoadedEnsemble] = ResidencyManager(
@@ -236,7 +236,7 @@ class BudgetedRepository(ModelRepository):
 
     def _load_resident(self, name: str) -> Any:
         """Runs in a worker thread: build the backend and measure what it holds."""
-        from enserve.swap import Loaded
+        from enserve.server.residency import Loaded
 
         spec = load_spec(self.folder_of(name) / SPEC_FILE)
         backend = self.backend_factory(spec)

@@ -12,7 +12,7 @@ from enserve.cli import main
 from enserve.demo.digits import DEFAULT_SPEC, digits_split, evaluate
 from enserve.errors import InferenceError
 from enserve.reference import ReferenceExecutor
-from enserve.request import validate_inputs
+from enserve.result import validate_inputs
 from enserve.spec import load_spec
 
 SAMPLES = DEFAULT_SPEC.parent / "samples.npy"

@@ -1,17 +1,19 @@
-"""A tiny model repository written to a temp folder, and a real server process over it."""
+"""A tiny model repository written to a temp folder, a real server process over it, and
+the session fixtures `repo`, `server` and `oracle`."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import pytest
+
+from enserve.bench import local_server
+from enserve.bench.local_server import RunningServer
+from enserve.reference import ReferenceExecutor
+from enserve.spec import load_spec
+
+__all__ = ["TOKEN", "RunningServer", "start_server", "write_repository"]
 
 TOKEN = "s3cret-token"
 
@@ -109,60 +111,30 @@ def write_repository(root: Path) -> Path:
     return root
 
 
-@dataclass
-class RunningServer:
-    process: subprocess.Popen[bytes]
-    http: int
-    grpc: int
-    metrics: int
-    log: Path
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc}"
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"http://{self.http_url}/v2/health/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
-
-
 def start_server(repo: Path, workdir: Path, *extra: str, models: list[str] | None = None) -> RunningServer:
-    port_file = workdir / "ports.json"
-    port_file.unlink(missing_ok=True)
-    log = workdir / "server.log"
-    args = [sys.executable, "-m", "enserve.cli", "serve", str(repo), "--http-port", "0",
-            "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
-            "--threads", "1", "--log-level", "warning"]
-    if "--backend" not in extra:
-        args += ["--backend", "reference"]
-    args += extra
-    for name in models or []:
-        args += ["--model", name]
-    env = {**os.environ, "ENSERVE_REPOSITORY_TOKEN": TOKEN}
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 90
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(5)
-            raise RuntimeError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    ports = json.loads(port_file.read_text())
-    return RunningServer(process, ports["http"], ports["grpc"], ports["metrics"], log)
+    """`enserve serve` over `repo` with the repository token set (backend `reference` unless
+    `extra` names one)."""
+    return local_server.start_server(repo, workdir, *extra, models=models,
+                                     env={"ENSERVE_REPOSITORY_TOKEN": TOKEN})
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_repository(tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="session")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One real server process for the whole session (slow model left unloaded)."""
+    running = start_server(
+        repo, tmp_path_factory.mktemp("server"), "--max-batch", "16", "--max-body-mb", "1",
+        models=["tiny", "pix", "twoin", "broken"],
+    )
+    yield running
+    code = running.stop()
+    assert code == 0, running.log.read_text()
+
+
+@pytest.fixture(scope="session")
+def oracle(repo: Path) -> dict[str, ReferenceExecutor]:
+    return {name: ReferenceExecutor(load_spec(repo / name)) for name in ("tiny", "pix", "twoin")}

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from server_fixtures import RunningServer
 
 from enserve.cli import main
+from tests.helpers.server import RunningServer
 
 
 def test_bench_drives_a_served_model_over_http_and_grpc(

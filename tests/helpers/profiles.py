@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enserve.profile_format import Profile, profile_from_dict
+from enserve.formats.profile import Profile, profile_from_dict
 
 GB = 2**30
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import gc
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from enserve.devices import release_freed_memory
 from enserve.errors import InferenceError, ModelLoadError, OverloadedError
 
 T = TypeVar("T")
@@ -77,15 +75,6 @@ class SwapStats:
 
 def _as_sizes(value: Sizes | int) -> dict[str, int]:
     return {DEFAULT_DEVICE: int(value)} if isinstance(value, int) else {k: int(v) for k, v in value.items()}
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and ask glibc to give freed heap pages back to the OS."""
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(libc_name).malloc_trim(0)
 
 
 class ResidencyManager(Generic[T]):

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 
 from enserve.cli import main
+from enserve.formats.profile import save_profile
 from enserve.plan import load_plan
-from enserve.profile_format import save_profile
-
-from .conftest import entry, gpu, profile
+from tests.helpers.profiles import entry, gpu, profile
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from enserve.errors import ModelLoadError, OverloadedError
-from enserve.swap import Loaded, ResidencyManager
+from enserve.server.residency import Loaded, ResidencyManager
 
 MB = 2**20
 
