@@ -22,7 +22,7 @@ Datatype = Literal[
 CombinerName = Literal[
     "mean_prob", "weighted_mean_prob", "mean_logits", "majority_vote", "max_prob", "geometric_mean"
 ]
-SOURCE_KINDS = ("torchvision", "torchscript", "export", "onnx", "safetensors", "python")
+SOURCE_KINDS = ("torchvision", "torchscript", "export", "onnx", "safetensors", "python", "simulate")
 
 
 class TensorSpec(BaseModel):
@@ -72,7 +72,8 @@ class MemberSpec(BaseModel):
 
     `source` is `KIND:REST`: `torchvision:<arch>`, `torchscript:<path>`, `export:<path>`
     (.pt2), `onnx:<path>`, `safetensors:<path>` (needs `architecture`), or
-    `python:<module or file.py>:<factory>`.
+    `python:<module or file.py>:<factory>`, or `simulate:<profile.json>#<member>` (a profiled
+    member simulated: see `enserve.members.simulated`).
     """
 
     model_config = ConfigDict(extra="forbid")

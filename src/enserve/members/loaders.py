@@ -171,6 +171,14 @@ def load_member(spec: EnsembleSpec, member: MemberSpec | str, threads: int | Non
         member = spec.member(member)
     pre = Preprocessor(member.preprocess)
     loaded: Member
+    if member.kind == "simulate":
+        from enserve.members.simulated import load_simulated, parse_target
+
+        where = _where(spec, member)
+        path, profiled = parse_target(member.target, where)
+        return load_simulated(member.name, _member_path(spec, member, path, "source"),
+                              profiled or member.name, num_classes=member.num_classes,
+                              seed=member.seed, preprocessor=pre, where=where)
     if member.kind == "onnx":
         path = _member_path(spec, member, member.target, "source")
         try:

@@ -223,7 +223,7 @@ def load_variant(
             f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
             f"'{variant}'; available: {', '.join(allowed)}"
         )
-    if member_spec.kind == "onnx":
+    if member_spec.kind in ("onnx", "simulate"):
         return load_member(spec, member_spec, threads=max(1, threads))
     if device != "cpu":
         return _build_cuda_variant(spec, member_spec, variant, device)

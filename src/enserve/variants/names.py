@@ -21,4 +21,6 @@ def available_variants(member: MemberSpec, include_opt_in: bool = False) -> list
     """Variants that can be built for this member's source (admission is checked separately)."""
     if member.kind == "onnx":
         return ["onnx"]
+    if member.kind == "simulate":  # a simulated member runs one way (enserve.members.simulated)
+        return ["eager"]
     return [v for v in VARIANTS if include_opt_in or v not in OPT_IN]
