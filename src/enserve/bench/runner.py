@@ -42,6 +42,8 @@ class BenchConfig:
     seed: int = 0
     fusion: str = "auto"
     urls: list[str] = field(default_factory=list)
+    backend: str = "engine"  # "ray": the plan as Ray actors (enserve.runtime.ray)
+    ray_address: str | None = None
 
     def level(self) -> float:
         return self.concurrency if self.mode == "closed" else self.rate
@@ -76,7 +78,7 @@ def make_payloads(spec: EnsembleSpec, rows: int, seed: int, count: int = 16) -> 
     return [rng.integers(0, 128, size=shape).astype(dtype) for _ in range(count)]
 
 
-def engine_target(engine: Engine) -> Target:
+def engine_target(engine: Any) -> Target:
     async def call(x: np.ndarray) -> Any:
         return await engine.infer(x, outputs=["probabilities"])
 
@@ -119,13 +121,18 @@ class BenchSession:
         progress(f"starting engine ({'plan' if plan is not None else 'default plan'}"
                  f"{', fused: ' + ', '.join(self.fusion['groups']) if self.fusion['groups'] else ''})")
         self.engine = self._engine(plan)
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[str, Any] = {}
         self.servers: dict[str, InProcessServer] = {}
         self.notes: list[str] = []
         try:
             for kind in cfg.baselines:
                 if kind == "unfused":
                     self._start_unfused(plan)
+                    continue
+                if kind == "local-engine":  # the same plan on the local multi-process engine
+                    progress("starting baseline local-engine (the same plan, local processes)")
+                    self.engines[kind] = self._engine(plan, backend="engine")
+                    self.described[kind] = {"plan": "the same plan on the local engine"}
                     continue
                 progress(f"loading baseline {kind}")
                 self.servers[kind], self.described[kind] = build_baseline(
@@ -134,8 +141,14 @@ class BenchSession:
             self.close()
             raise
 
-    def _engine(self, plan: Any) -> Engine:
+    def _engine(self, plan: Any, backend: str | None = None) -> Any:
         cfg = self.cfg
+        if (backend or cfg.backend) == "ray":
+            from enserve.runtime.ray.engine import RayEngine
+
+            return RayEngine(self.spec, plan, address=cfg.ray_address, max_batch=cfg.max_batch,
+                             max_delay_s=cfg.max_delay_s,
+                             inflight_batches=cfg.inflight_batches).start()
         return Engine(self.spec, plan, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s,
                       inflight_batches=cfg.inflight_batches, pin=cfg.pin).start()
 

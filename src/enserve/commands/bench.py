@@ -29,9 +29,16 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     p.add_argument("--baseline", action="extend", nargs="+", default=[],
-                   choices=("sequential", "sequential-fast", "naive", "unfused"),
+                   choices=("sequential", "sequential-fast", "naive", "unfused", "local-engine"),
                    help="baselines to run in the same invocation (unfused: the same plan "
-                        "and engine with every fused group split into its members)")
+                        "and engine with every fused group split into its members; "
+                        "local-engine: with --backend ray, the same plan on the local "
+                        "multi-process engine)")
+    p.add_argument("--backend", choices=("engine", "ray"), default="engine",
+                   help="what runs the plan: the local multi-process engine (default) or Ray "
+                        "actors on a cluster (needs enserve[ray]; docs/scale-out.md)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="--backend ray: the cluster (default: the one running on this machine)")
     p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
                    help="fused groups: with --profile, auto keeps the better predicted plan "
                         "of with and without them, on forces them, off excludes them; with "
@@ -73,7 +80,14 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_delay_s=args.max_delay_ms / 1e3,
         request_rows=args.request_rows, inflight_batches=args.inflight, pin=not args.no_pin,
         fusion=args.fusion, urls=list(dict.fromkeys(args.url)),
+        backend=args.backend, ray_address=args.ray_address,
     )
+    if cfg.backend == "ray":
+        from enserve.runtime.ray import ray_available
+
+        reason = ray_available()
+        if reason:
+            raise EnserveError(f"--backend ray: {reason}")
     if cfg.concurrency < 1 or cfg.rate <= 0 or cfg.duration_s <= 0 or cfg.rounds < 1:
         raise EnserveError("--concurrency, --rate, --duration and --rounds must be positive")
 

@@ -28,7 +28,10 @@ def register(sub: Any) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="throughput")
     p.add_argument("--devices", default=None,
                    help="plan for these devices instead of the profile's: 'detect' (this "
-                        "machine) or a declaration such as 4xcuda:16GB or cpu:64GB:16")
+                        "machine), a declaration such as 4xcuda:16GB or cpu:64GB:16, a "
+                        "cluster: 4x(8xcuda:80GB), a JSON node list (FILE.json), 'ray' (the "
+                        "Ray cluster running here) or ray://ADDRESS (device ids then name "
+                        "the node: node-2/cuda:1; docs/scale-out.md)")
     p.add_argument("--max-latency", type=float, default=None, metavar="S",
                    help="bound on the predicted completion time of a batch, seconds")
     p.add_argument("--min-throughput", type=float, default=None, metavar="N",
@@ -47,16 +50,47 @@ def register(sub: Any) -> None:
 
 
 def _devices(text: str | None) -> Any:
+    from enserve.cluster import (
+        cluster_devices,
+        is_cluster_decl,
+        load_cluster_file,
+        parse_cluster_decl,
+    )
     from enserve.devices import detect_devices, parse_device_decl
 
     if text is None:
         return None
-    if text.strip().lower() in ("detect", "auto"):
+    text = text.strip()
+    if text.lower() in ("detect", "auto"):
         return detect_devices()
+    if text.lower() == "ray" or text.lower().startswith("ray://"):
+        return _ray_devices(None if text.lower() == "ray" else text)
     try:
+        if text.lower().endswith(".json"):
+            return cluster_devices(load_cluster_file(text))
+        if is_cluster_decl(text):
+            return cluster_devices(parse_cluster_decl(text))
         return parse_device_decl(text)
     except ValueError as exc:
         raise PlanError(f"--devices: {exc}") from None
+
+
+def _ray_devices(address: str | None) -> Any:
+    from enserve.runtime.ray import ray_available
+
+    reason = ray_available()
+    if reason:
+        raise PlanError(f"--devices ray: {reason}")
+    from enserve.runtime.ray.nodes import devices_from_ray
+
+    try:
+        devices = devices_from_ray(address)
+    except Exception as exc:
+        raise PlanError(f"--devices {address or 'ray'}: cannot read the Ray cluster: "
+                        f"{type(exc).__name__}: {exc}") from None
+    if not devices:
+        raise PlanError(f"--devices {address or 'ray'}: the cluster has no CPU or GPU")
+    return devices
 
 
 def _profile(args: argparse.Namespace) -> Any:

@@ -21,9 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: any free port; -1: off)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port; -1: off)")
     p.add_argument("--metrics-port", type=int, default=8002, help="metrics port (0: any; -1: off)")
-    p.add_argument("--backend", choices=("engine", "reference"), default="engine",
-                   help="what runs the ensembles: the multi-process engine (default) or the "
-                   "in-process reference executor")
+    p.add_argument("--backend", choices=("engine", "reference", "ray"), default="engine",
+                   help="what runs the ensembles: the multi-process engine (default), the "
+                   "in-process reference executor, or Ray actors on a cluster (needs "
+                   "enserve[ray]; see docs/scale-out.md)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="--backend ray: the cluster (ray://HOST:PORT or HOST:PORT; default: "
+                        "the cluster running on this machine)")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="load only this model at start (repeatable; default: every folder)")
     p.add_argument("--memory-budget-mb", type=float, default=None,
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=_port(args.grpc_port), metrics_port=_port(args.metrics_port),
         backend=args.backend, models=args.models, limits=limits,
         repository_token=os.environ.get(args.repository_token_env) or None,
-        threads=args.threads, port_file=args.port_file,
+        threads=args.threads, port_file=args.port_file, ray_address=args.ray_address,
         memory_budget_bytes=(int(args.memory_budget_mb * 1024 * 1024)
                              if args.memory_budget_mb is not None else None),
         idle_unload_s=args.idle_unload_s,

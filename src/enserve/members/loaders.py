@@ -175,8 +175,8 @@ def load_member(spec: EnsembleSpec, member: MemberSpec | str, threads: int | Non
         from enserve.members.simulated import load_simulated, parse_target
 
         where = _where(spec, member)
-        path, profiled = parse_target(member.target, where)
-        return load_simulated(member.name, _member_path(spec, member, path, "source"),
+        relative, profiled = parse_target(member.target, where)
+        return load_simulated(member.name, _member_path(spec, member, relative, "source"),
                               profiled or member.name, num_classes=member.num_classes,
                               seed=member.seed, preprocessor=pre, where=where)
     if member.kind == "onnx":

@@ -48,11 +48,14 @@ class ServerConfig:
     """Host memory the loaded ensembles may hold; None: no budget, load everything at start."""
     idle_unload_s: float | None = None
     """With a budget: unload ensembles unused this long (they reload on their next request)."""
+    ray_address: str | None = None
+    """`--backend ray`: the Ray cluster (None: the one running on this machine)."""
     port_file: Path | None = None
     """Where to write `{"http": port, "grpc": port, "metrics": port}` once serving."""
 
 
-def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None) -> BackendFactory:
+def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
+                    ray_address: str | None = None) -> BackendFactory:
     if kind == "reference":
         from enserve.server.backend import ReferenceBackend
 
@@ -66,7 +69,19 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
         limits = limits or Limits()
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
                                           max_queue=limits.max_pending)
-    raise EnserveError(f"unknown backend '{kind}' (reference, engine)")
+    if kind == "ray":
+        from enserve.runtime.ray import ray_available
+
+        reason = ray_available()
+        if reason:
+            raise EnserveError(f"--backend ray: {reason}")
+        from enserve.server.ray_backend import RayBackend
+
+        ray_limits = limits or Limits()
+        return lambda spec: RayBackend(spec, address=ray_address,
+                                       max_batch=ray_limits.max_batch,
+                                       max_queue=ray_limits.max_pending)
+    raise EnserveError(f"unknown backend '{kind}' (reference, engine, ray)")
 
 
 class _QuietSignals(uvicorn.Server):
@@ -96,7 +111,8 @@ def _listen(host: str, port: int) -> socket.socket:
 class EnserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        factory = backend_factory(config.backend, config.threads, config.limits)
+        factory = backend_factory(config.backend, config.threads, config.limits,
+                                  config.ray_address)
         self.repository: ModelRepository
         if config.memory_budget_bytes is not None:
             self.repository = BudgetedRepository(

@@ -676,7 +676,8 @@ class RayEngine:
                 if kind == "ready":
                     self._on_ready(who, extra, future)
                 else:
-                    self._on_result(*who, extra, future)
+                    actor, generation, token = who
+                    self._on_result(actor, generation, token, extra, future)
             except Exception:  # keep collecting: one bad event must not hang the rest
                 log.exception("collector failed on a %s event", kind)
 
