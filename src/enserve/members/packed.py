@@ -189,7 +189,7 @@ def read_seconds(path: str | Path, chunk: int = 16 * 2**20) -> float:
 def _warm_main(conn: mpc.Connection, threads: int) -> None:
     """Worker loop: torch and enserve are imported before the first command arrives."""
     import enserve.fusion.groups
-    import enserve.members  # noqa: F401
+    import enserve.members.loaders  # noqa: F401
     from enserve.devices import release_freed_memory
 
     torch.set_num_threads(threads)

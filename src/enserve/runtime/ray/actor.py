@@ -1,43 +1,59 @@
 """The Ray actor that runs one planned instance (a member, or a fused group).
 
 Created by `RayEngine` pinned to its node (and GPU bundle); it builds the member the way a
-local worker does (`enserve.runtime.worker.build_member`), then answers `run(inputs, start,
-stop)`: `inputs` is the batch the engine put into the object store once (Ray hands every
-actor on a node the same zero-copy numpy arrays), rows `start:stop` are this chunk.
+local worker does (`enserve.runtime.worker.build_member`; a simulated member directly, so
+that its process never imports PyTorch), then answers `run(inputs, start, stop)`: `inputs`
+is the batch the engine put into the object store once (Ray hands every actor on a node
+the same zero-copy numpy arrays), rows `start:stop` are this chunk.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from enserve.cluster import split_device_id
-from enserve.runtime.placement import WorkerConfig
 from enserve.spec import EnsembleSpec
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """What the actor builds: a plain copy of the instance's WorkerConfig (local device id)."""
+
+    index: int
+    member: str
+    variant: str
+    device: str
+    batch_size: int
+    share: float
+    covers: tuple[str, ...] = ()
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device == "cpu" or self.device.startswith("cpu:")
+
+    @property
+    def threads(self) -> int:
+        return max(1, round(self.share)) if self.is_cpu else 1
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.covers or (self.member,)
 
 
 class InstanceActor:
     """One planned instance inside a Ray worker process (use through `ray.remote`)."""
 
-    def __init__(self, spec: EnsembleSpec, cfg: WorkerConfig) -> None:
-        local = replace(cfg, device=split_device_id(cfg.device)[1], cores=None)
-        self.cfg = local
-        if not local.is_cpu and local.share < 100:
-            os.environ.setdefault("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", str(round(local.share)))
-        from enserve.runtime.worker import build_member
-
+    def __init__(self, spec: EnsembleSpec, cfg: ActorConfig) -> None:
+        self.cfg = cfg
+        if not cfg.is_cpu and cfg.share < 100:
+            os.environ.setdefault("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", str(round(cfg.share)))
         started = time.perf_counter()
-        self.member: Any = build_member(spec, local, None)
-        configure = getattr(self.member, "configure", None)
-        if callable(configure):  # a simulated member follows its planned device and share
-            configure("cpu" if local.is_cpu else "cuda", local.share)
-        if local.is_cpu:
-            self.member.set_threads(local.threads)
-        self.members = local.members
+        self.member: Any = _build(spec, cfg)
+        self.members = cfg.members
         self.input_names = [spec.input_for(spec.member(m)).name for m in self.members]
         self.load_s = time.perf_counter() - started
 
@@ -45,8 +61,7 @@ class InstanceActor:
         """Warm up on `probe` (one row per input); the output shape and this process's pid."""
         out = self._forward(probe, 0, 1)
         shape = next(iter(out.values())).shape
-        return {"output_shape": [-1, *shape[1:]], "pid": os.getpid(), "load_s": self.load_s,
-                "node_id": _node_id()}
+        return {"output_shape": [-1, *shape[1:]], "pid": os.getpid(), "load_s": self.load_s}
 
     def run(self, inputs: dict[str, np.ndarray], start: int, stop: int
             ) -> tuple[dict[str, np.ndarray], float]:
@@ -56,12 +71,9 @@ class InstanceActor:
         out = self._forward(inputs, start, stop)
         return out, time.perf_counter() - t0
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def _forward(self, inputs: dict[str, np.ndarray], start: int, stop: int
                  ) -> dict[str, np.ndarray]:
-        if self.cfg.fused:  # a FusedMember: every covered member's logits in one run
+        if self.cfg.covers:  # a FusedMember: every covered member's logits in one run
             rows = {n: inputs[n][start:stop] for n in self.member.input_names}
             stacked = self.member.run_inputs(rows)[0]
             return {m: stacked[i] for i, m in enumerate(self.member.member_names)}
@@ -69,7 +81,26 @@ class InstanceActor:
         return {self.members[0]: self.member(batch)}
 
 
-def _node_id() -> str:
-    import ray
+def _build(spec: EnsembleSpec, cfg: ActorConfig) -> Any:
+    if not cfg.covers and spec.member(cfg.member).kind == "simulate":
+        from enserve.members.preprocess import Preprocessor
+        from enserve.members.simulated import load_simulated, parse_target
 
-    return str(ray.get_runtime_context().get_node_id())
+        m = spec.member(cfg.member)
+        where = f"{spec.source_file}: members.{spec.members.index(m)}.source ({m.name})"
+        relative, profiled = parse_target(m.target, where)
+        simulated = load_simulated(m.name, spec.resolve_path(relative, where), profiled or m.name,
+                                num_classes=m.num_classes, seed=m.seed,
+                                preprocessor=Preprocessor(m.preprocess), where=where)
+        simulated.configure("cpu" if cfg.is_cpu else "cuda", cfg.share)
+        return simulated
+    from enserve.runtime.placement import WorkerConfig
+    from enserve.runtime.worker import build_member
+
+    worker_cfg = WorkerConfig(index=cfg.index, member=cfg.member, variant=cfg.variant,
+                              device=cfg.device, batch_size=cfg.batch_size, share=cfg.share,
+                              covers=cfg.covers)
+    member = build_member(spec, worker_cfg, None)
+    if cfg.is_cpu:
+        member.set_threads(cfg.threads)
+    return member

@@ -493,7 +493,11 @@ class RayEngine:
                 pg, placement_group_bundle_index=0)
         a.generation += 1
         a.state, a.started_at, a.error, a.pid = "starting", time.monotonic(), None, None
-        a.handle = self._remote_cls.options(**options).remote(self.spec, a.cfg)
+        from enserve.runtime.ray.actor import ActorConfig
+
+        c = a.cfg
+        a.handle = self._remote_cls.options(**options).remote(self.spec, ActorConfig(
+            c.index, c.member, c.variant, c.device, c.batch_size, c.share, c.covers))
         probe = {t.name: np.random.default_rng(0).standard_normal(
             (1, *(d if d > 0 else 1 for d in t.shape[1:]))).astype(np.float32)
             for t in self.spec.inputs}
