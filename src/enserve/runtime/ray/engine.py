@@ -266,13 +266,31 @@ class RayEngine:
         rows = next(iter(arrays.values())).shape[0]
         want_logits = outputs is None or any(o.startswith("logits_") for o in outputs)
         future: Future[EnsembleResult] = Future()
+        request = PendingRequest(arrays, rows, future, want_logits)
+        if self._launch_now(request):
+            return future
         try:
-            self._requests.put(PendingRequest(arrays, rows, future, want_logits))
+            self._requests.put(request)
         except InferenceError:
             with self._lock:
                 self._counters.rejected += 1
             raise
         return future
+
+    def _launch_now(self, request: PendingRequest) -> bool:
+        """On an idle engine, launch a lone request from the caller's thread (nothing to
+        batch it with: one thread hop less)."""
+        if self._inflight or self._requests.depth() or self._state != "running":
+            return False
+        if not self._slots.acquire(blocking=False):
+            return False
+        try:
+            self._launch([request])
+        except Exception as exc:  # as in the dispatcher: answer, never lose the request
+            log.exception("launch failed")
+            _fail_future(request.future, InferenceError(f"dispatch failed: {exc}"))
+            self._slots.release()
+        return True
 
     async def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
                     outputs: Sequence[str] | None = None) -> EnsembleResult:

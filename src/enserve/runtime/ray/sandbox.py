@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,6 +72,29 @@ def kill_namespace_processes(name: str, grace_s: float = 3.0) -> list[int]:
         if not pids:
             break
     return pids
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into SystemExit, so `finally` blocks and context
+    managers (cluster shutdown, namespace removal) run."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def call_in_namespace(name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+                      ) -> int:
+    """Run `argv` inside namespace `name` with output passed through; if this process is
+    interrupted, the child gets SIGTERM (and 20 s to shut its cluster down) first."""
+    child = subprocess.Popen([IP, "netns", "exec", name, *argv],
+                             env=dict(env) if env is not None else None)
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
 
 
 def run_in_namespace(name: str, argv: Sequence[str], timeout_s: float,
