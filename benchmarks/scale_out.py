@@ -219,8 +219,8 @@ def measure_sim(spec: Any, plan: Any, duration: float) -> dict[str, Any]:
 
 def part_simulated(duration: float) -> dict[str, Any]:
     from enserve.cluster import cluster_devices, parse_cluster_decl
+    from enserve.formats.profile import load_profile
     from enserve.plan import Constraints, plan
-    from enserve.profile_format import load_profile
     from enserve.runtime.ray.sandbox import NodeSpec, local_cluster
     from enserve.spec import load_spec
 

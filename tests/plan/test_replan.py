@@ -6,10 +6,10 @@ import pytest
 
 from enserve.cluster import cluster_devices, parse_cluster_decl
 from enserve.errors import PlanError
+from enserve.formats.plan import Instance, Plan, Predicted
+from enserve.formats.profile import profile_from_dict
 from enserve.plan import plan
-from enserve.plan.model import Instance, Plan, Predicted
 from enserve.plan.replan import diff_instances, relocate, replan
-from enserve.profile_format import profile_from_dict
 
 GiB = 2**30
 

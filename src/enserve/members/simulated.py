@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from enserve.errors import ModelLoadError
+from enserve.formats.profile import Profile, ProfileEntry, load_profile
 from enserve.members.base import Member
 from enserve.members.preprocess import Preprocessor
-from enserve.profile_format import Profile, ProfileEntry, load_profile
 
 HOLD_ENV = "ENSERVE_SIMULATE_HOLD_MB"
 DEFAULT_HOLD_MB = 32.0

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from enserve.devices import Device
 from enserve.errors import PlanError
-from enserve.plan.model import Instance, Plan
-from enserve.profile_format import Profile
+from enserve.formats.plan import Instance, Plan
+from enserve.formats.profile import Profile
 
 
 @dataclass(frozen=True)

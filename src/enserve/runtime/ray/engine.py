@@ -42,9 +42,9 @@ from enserve.cluster import cluster_devices, node_of, qualify, split_device_id
 from enserve.combine import RunningCombination
 from enserve.devices import Device
 from enserve.errors import EnserveError, InferenceError, ModelLoadError
-from enserve.plan.model import Instance, Plan, Predicted, load_plan
+from enserve.formats.plan import Instance, Plan, Predicted, load_plan
 from enserve.plan.replan import diff_instances, replan
-from enserve.request import EnsembleResult, output_names, validate_inputs
+from enserve.result import EnsembleResult, output_names, validate_inputs
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
 from enserve.runtime.placement import WorkerConfig, configs_from_plan, execution_units
 from enserve.runtime.ray.nodes import NODE_ID_LABEL, LiveNode, connect, live_nodes
@@ -151,7 +151,7 @@ class RayEngine:
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         if isinstance(profile, (str, Path)):
-            from enserve.profile_format import load_profile
+            from enserve.formats.profile import load_profile
 
             profile = load_profile(profile)
         self.profile = profile

@@ -83,7 +83,7 @@ def test_ray_backend_on_a_three_node_cluster(tmp_path: Path) -> None:
     tiny = _tiny_spec(tmp_path / "tiny")
     sim = _sim_spec(tmp_path / "sim")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        [str(HERE.parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
     with loopback_namespace("enserve-test") as ns:
         done = run_in_namespace(ns, [sys.executable, str(HERE / "ray_driver.py"),
                                      str(tiny), str(sim)], timeout_s=840, env=env)

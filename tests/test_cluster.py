@@ -1,5 +1,5 @@
-"""Cluster declarations, node-qualified device ids, Ray node naming (on fake `ray.nodes()`
-output) and planning across nodes with the pure planner."""
+"""Cluster declarations, node-qualified device ids and planning across nodes with the pure
+planner."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from enserve.cluster import (
     split_device_id,
 )
 from enserve.devices import parse_device_decl
+from enserve.formats.profile import profile_from_dict
 from enserve.plan import plan
 from enserve.plan.scenarios import random_profile
-from enserve.profile_format import profile_from_dict
-from enserve.runtime.ray.nodes import cluster_nodes, node_devices
 
 GiB = 2**30
 
@@ -65,31 +64,6 @@ def test_json_node_list(tmp_path: Path) -> None:
                                 {"name": "a", "devices": "cpu:1GB:1"}]))
     with pytest.raises(ValueError, match="repeat"):
         load_cluster_file(path)
-
-
-def _raw(node_id: str, resources: dict[str, float], labels: dict[str, str] | None = None,
-         alive: bool = True) -> dict[str, object]:
-    return {"NodeID": node_id, "Alive": alive, "Resources": resources,
-            "Labels": {"ray.io/node-id": node_id, **(labels or {})}}
-
-
-def test_ray_nodes_are_named_and_read() -> None:
-    raw = [
-        _raw("bbb", {"CPU": 2.0, "memory": 4 * GiB, "GPU": 2.0, "ssd": 1.0,
-                     "node:10.0.0.2": 1.0, "accelerator_type:A100": 1.0},
-             {"enserve-gpu-memory": "80GB"}),
-        _raw("aaa", {"CPU": 4.0, "memory": 8 * GiB, "node:__internal_head__": 1.0}),
-        _raw("ccc", {"CPU": 1.0, "memory": GiB}, {"enserve-node": "node-1"}),
-        _raw("ddd", {"CPU": 8.0, "memory": GiB}, alive=False),
-    ]
-    nodes = cluster_nodes(raw)
-    assert [(n.name, n.node_id, n.is_head) for n in nodes] == [
-        ("node-0", "aaa", True), ("node-2", "bbb", False), ("node-1", "ccc", False)]
-    gpu_node = nodes[1].node
-    assert [d.id for d in gpu_node.devices] == ["cpu", "cuda:0", "cuda:1"]
-    assert gpu_node.devices[1].memory_bytes == 80 * GiB
-    assert gpu_node.resources == {"ssd": 1.0}
-    assert node_devices({"memory": GiB}, {}) == ()
 
 
 def test_plan_across_nodes_borrows_entries_by_kind() -> None:
