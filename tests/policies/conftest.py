@@ -1,0 +1,22 @@
+"""Fixtures: the tiny four-member ensemble of `quad.py` in a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from enserve.reference import ReferenceExecutor
+from enserve.spec import EnsembleSpec
+
+from .quad import make_spec
+
+
+@pytest.fixture()
+def quad(tmp_path: Path) -> EnsembleSpec:
+    return make_spec(tmp_path)
+
+
+@pytest.fixture()
+def executor(quad: EnsembleSpec) -> ReferenceExecutor:
+    return ReferenceExecutor(quad)
