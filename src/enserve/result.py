@@ -79,6 +79,7 @@ class EnsembleResult:
     probabilities: np.ndarray
     agreement: np.ndarray
     member_logits: dict[str, np.ndarray] = field(default_factory=dict)
+    members: tuple[str, ...] | None = None  # the members combined (None: every member)
 
     def outputs(self, spec: EnsembleSpec, requested: list[str] | None = None) -> dict[str, np.ndarray]:
         """Named output tensors. Always available: `probabilities`, `agreement`,

@@ -1,4 +1,4 @@
-"""Fixtures: the tiny four-member ensemble of `quad.py` in a temporary folder."""
+"""Fixtures: the tiny four-member ensemble of `tests/helpers/policies.py` in a temporary folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 
 from enserve.reference import ReferenceExecutor
 from enserve.spec import EnsembleSpec
-
-from .quad import make_spec
+from tests.helpers.policies import make_spec
 
 
 @pytest.fixture()

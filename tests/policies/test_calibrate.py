@@ -10,12 +10,11 @@ import pytest
 
 from enserve.cli import main
 from enserve.errors import EnserveError
+from enserve.formats.profile import profile_from_dict
 from enserve.policies.calibrate import calibrate, costs_from_profile
 from enserve.policies.cascade import run_cascade
 from enserve.policies.policy_file import load_policy
-from enserve.profile_format import profile_from_dict
-
-from .quad import Recorder, random_inputs
+from tests.helpers.policies import Recorder, random_inputs
 
 COSTS = {"a": 1.0, "b": 2.0, "c": 40.0, "d": 60.0}
 

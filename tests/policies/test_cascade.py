@@ -17,8 +17,7 @@ from enserve.policies.cascade import (
     run_cascade,
 )
 from enserve.reference import ReferenceExecutor
-
-from .quad import Recorder, make_spec, random_inputs
+from tests.helpers.policies import Recorder, make_spec, random_inputs
 
 
 @pytest.mark.parametrize("combiner", ["mean_prob", "weighted_mean_prob", "mean_logits",

@@ -85,12 +85,12 @@ def measure_costs(executor: Any, inputs: dict[str, np.ndarray], batch: int = 32,
 
 
 def run(args: argparse.Namespace) -> int:
+    from enserve.formats.profile import load_profile
     from enserve.policies.calibrate import calibrate, costs_from_profile
     from enserve.policies.cascade import CONFIDENCES, Confidence
     from enserve.policies.policy_file import POLICY_FILE, Policy, save_policy
-    from enserve.profile_format import load_profile
     from enserve.reference import ReferenceExecutor
-    from enserve.request import validate_inputs
+    from enserve.result import validate_inputs
     from enserve.spec import load_spec
 
     spec = load_spec(args.spec)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from enserve.errors import PlanError
-from enserve.profile_format import Profile
+from enserve.formats.profile import Profile
 
 
 def profile_with_reach(profile: Profile, reach: Mapping[str, float]) -> Profile:

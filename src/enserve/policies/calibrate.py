@@ -211,7 +211,7 @@ def calibrate(spec: EnsembleSpec, logits: Mapping[str, np.ndarray], labels: np.n
 def costs_from_profile(profile: object, members: Sequence[str]) -> dict[str, float]:
     """Per member, the cheapest profiled compute per row: min over its entries of
     latency x share / batch size (compute-unit-seconds per row)."""
-    from enserve.profile_format import Profile
+    from enserve.formats.profile import Profile
 
     assert isinstance(profile, Profile)
     costs: dict[str, float] = {}

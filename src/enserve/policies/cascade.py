@@ -19,7 +19,7 @@ import numpy as np
 
 from enserve.combine import agreement, combine
 from enserve.errors import SpecError
-from enserve.request import EnsembleResult
+from enserve.result import EnsembleResult
 from enserve.spec import EnsembleSpec
 
 Confidence = Literal["max_prob", "margin"]
@@ -111,47 +111,73 @@ class CascadeResult:
         return np.bincount(self.exit_stage, minlength=stages).astype(int).tolist()
 
 
+class CascadeRun:
+    """One batch going through a cascade, a stage at a time, whoever runs the members.
+
+    `next_stage()` gives the next stage's members and the rows still open (a smaller batch
+    after every exit); `feed(logits)` takes those members' logits for exactly those rows.
+    Once `next_stage()` returns None, `result()` is the answer."""
+
+    def __init__(self, spec: EnsembleSpec, cascade: Cascade,
+                 inputs: Mapping[str, np.ndarray]) -> None:
+        self.spec = spec
+        self.cascade = cascade
+        self.inputs = inputs
+        self.rows = next(iter(inputs.values())).shape[0]
+        self.active = np.arange(self.rows)
+        self.stage = 0
+        self.seen: dict[str, np.ndarray] = {}
+        self.probs: np.ndarray | None = None
+        self.agree = np.zeros(self.rows, dtype=np.int32)
+        self.exit_stage = np.full(self.rows, -1, dtype=np.int64)
+        self.stage_rows: list[int] = []
+        self.member_rows: dict[str, int] = {}
+
+    def next_stage(self) -> tuple[Stage, dict[str, np.ndarray]] | None:
+        if self.active.size == 0 or self.stage >= len(self.cascade.stages):
+            return None
+        part = {k: v if self.active.size == self.rows else v[self.active]
+                for k, v in self.inputs.items()}
+        return self.cascade.stages[self.stage], part
+
+    def feed(self, logits: Mapping[str, np.ndarray]) -> None:
+        stage = self.cascade.stages[self.stage]
+        active = self.active
+        self.stage_rows.append(int(active.size))
+        for member in stage.members:
+            out = np.asarray(logits[member])
+            if member not in self.seen:
+                self.seen[member] = np.zeros((self.rows, *out.shape[1:]), dtype=out.dtype)
+            self.seen[member][active] = out
+            self.member_rows[member] = int(active.size)
+        p, a = combine_members(self.spec, {m: v[active] for m, v in self.seen.items()})
+        last = self.stage == len(self.cascade.stages) - 1
+        done = (np.ones(active.size, dtype=bool) if last
+                else confidence(p, self.cascade.confidence) >= stage.threshold)
+        if self.probs is None:
+            self.probs = np.zeros((self.rows, p.shape[-1]), dtype=p.dtype)
+        self.probs[active[done]] = p[done]
+        self.agree[active[done]] = a[done]
+        self.exit_stage[active[done]] = self.stage
+        self.active = active[~done]
+        self.stage += 1
+
+    def result(self) -> CascadeResult:
+        """The answer; rows that never reached a member get zeros as its logits."""
+        if self.probs is None or self.active.size:
+            raise ValueError("the cascade has not answered every row yet")
+        classes = self.probs.shape[-1]
+        logits = {m.name: self.seen.get(m.name, np.zeros((self.rows, classes), np.float32))
+                  for m in self.spec.members}
+        return CascadeResult(EnsembleResult(self.probs, self.agree, logits), self.exit_stage,
+                             self.stage_rows, self.member_rows)
+
+
 def run_cascade(spec: EnsembleSpec, cascade: Cascade, inputs: Mapping[str, np.ndarray],
                 run_stage: StageRunner) -> CascadeResult:
-    """Answer a validated batch with `cascade`; `run_stage` computes members' logits.
-
-    Rows that never reached a member get zeros in that member's `member_logits`."""
-    rows = next(iter(inputs.values())).shape[0]
-    active = np.arange(rows)
-    seen: dict[str, np.ndarray] = {}
-    probs: np.ndarray | None = None
-    agree = np.zeros(rows, dtype=np.int32)
-    exit_stage = np.full(rows, -1, dtype=np.int64)
-    stage_rows: list[int] = []
-    member_rows: dict[str, int] = {}
-    last = len(cascade.stages) - 1
-    for index, stage in enumerate(cascade.stages):
-        stage_rows.append(int(active.size))
-        part = {k: v if active.size == rows else v[active] for k, v in inputs.items()}
-        answered = run_stage(stage.members, part)
-        for member in stage.members:
-            out = np.asarray(answered[member])
-            if member not in seen:
-                seen[member] = np.zeros((rows, *out.shape[1:]), dtype=out.dtype)
-            seen[member][active] = out
-            member_rows[member] = int(active.size)
-        sub_logits = {m: v[active] for m, v in seen.items()}
-        p, a = combine_members(spec, sub_logits)
-        done = (np.ones(active.size, dtype=bool) if index == last
-                else confidence(p, cascade.confidence) >= stage.threshold)
-        if probs is None:
-            probs = np.zeros((rows, p.shape[-1]), dtype=p.dtype)
-        probs[active[done]] = p[done]
-        agree[active[done]] = a[done]
-        exit_stage[active[done]] = index
-        active = active[~done]
-        if active.size == 0:
-            break
-    assert probs is not None
-    for m in spec.members:  # members no row reached still get their (zero) output
-        if m.name not in seen:
-            classes = probs.shape[-1]
-            seen[m.name] = np.zeros((rows, classes), dtype=np.float32)
-    logits = {m.name: seen[m.name] for m in spec.members}
-    return CascadeResult(EnsembleResult(probs, agree, logits), exit_stage, stage_rows,
-                         member_rows)
+    """Answer a validated batch with `cascade`; `run_stage` computes members' logits."""
+    run = CascadeRun(spec, cascade, inputs)
+    while (step := run.next_stage()) is not None:
+        stage, part = step
+        run.feed(run_stage(stage.members, part))
+    return run.result()

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from enserve.errors import InferenceError
+from enserve.members.slowed import Slowed, slow_members
 from enserve.reference import ReferenceExecutor
 from enserve.result import EnsembleResult
 from enserve.server.errors import Code, ServerError
@@ -86,6 +87,10 @@ class ReferenceBackend:
     def __init__(self, spec: EnsembleSpec, threads: int | None = None) -> None:
         self.spec = spec
         self.executor = ReferenceExecutor(spec, threads=threads)
+        for name, delay in slow_members().items():  # test hook: ENSERVE_SLOW_MEMBERS
+            if name in self.executor.members:
+                self.executor.members[name] = Slowed(self.executor.members[name], delay)  # type: ignore[assignment]
+        self._members_pool: ThreadPoolExecutor | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enserve-{spec.name}")
         self._batches = 0
 
@@ -115,6 +120,58 @@ class ReferenceBackend:
         except RuntimeError as exc:  # pool shut down by an unload racing this request
             raise InferenceError(f"model '{self.spec.name}' was unloaded: {exc}") from None
 
+    async def infer_members(self, inputs: Mapping[str, np.ndarray], members: Sequence[str],
+                            answer_by: float | None = None, min_members: int = 1) -> Outcome:
+        """Only `members`, one after another; with `answer_by`, no member starts after it
+        (one already running finishes first: this backend answers late by up to one member)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, self._run_members, inputs,
+                                              tuple(members), answer_by, min_members)
+        except RuntimeError as exc:  # pool shut down by an unload racing this request
+            raise InferenceError(f"model '{self.spec.name}' was unloaded: {exc}") from None
+
+    def _run_members(self, inputs: Mapping[str, np.ndarray], members: tuple[str, ...],
+                     answer_by: float | None, min_members: int) -> Outcome:
+        from enserve.policies.cascade import combine_members
+
+        started = time.perf_counter()
+        chosen = [m for m in self.spec.members if m.name in members]
+        logits: dict[str, np.ndarray] = {}
+        member_s: dict[str, float] = {}
+
+        def one(name: str, x: np.ndarray) -> tuple[str, np.ndarray, float]:
+            t0 = time.perf_counter()
+            out = self.executor.members[name](x)
+            return name, out, time.perf_counter() - t0
+
+        if answer_by is None:
+            for m in chosen:
+                _, logits[m.name], member_s[m.name] = one(m.name, inputs[self.spec.input_for(m).name])
+        else:  # members side by side; at the deadline, take those done and drop the rest
+            if self._members_pool is None:
+                self._members_pool = ThreadPoolExecutor(len(self.spec.members),
+                                                        f"enserve-{self.spec.name}-members")
+            futures = [self._members_pool.submit(one, m.name, inputs[self.spec.input_for(m).name])
+                       for m in chosen]
+            done, late = wait(futures, timeout=max(0.0, answer_by - time.monotonic()))
+            for future in late:
+                future.cancel()
+            for future in done:
+                name, out, seconds = future.result()
+                logits[name], member_s[name] = out, seconds
+            logits = {m.name: logits[m.name] for m in chosen if m.name in logits}
+        if len(logits) < min(min_members, len(members)):
+            raise ServerError(f"deadline passed with {len(logits)} of {len(members)} members "
+                              f"answered ({', '.join(logits) or 'none'}); min_members is "
+                              f"{min_members}", Code.TIMEOUT)
+        t0 = time.perf_counter()
+        probs, agree = combine_members(self.spec, logits)
+        combine_s = time.perf_counter() - t0
+        self._batches += 1
+        result = EnsembleResult(probs, agree, logits, tuple(logits))
+        return Outcome(result, Timing(0.0, time.perf_counter() - started, member_s, combine_s))
+
     def stats(self) -> dict[str, Any]:
         return {"backend": "reference", "batches": self._batches}
 
@@ -123,6 +180,8 @@ class ReferenceBackend:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._members_pool is not None:
+            self._members_pool.shutdown(wait=True, cancel_futures=True)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.shutdown)

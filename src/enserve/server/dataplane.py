@@ -15,11 +15,13 @@ import numpy as np
 
 import enserve
 from enserve.datatypes import numpy_dtype, v2_datatype
+from enserve.policies.parameters import RequestPolicy
 from enserve.result import validate_inputs
 from enserve.server.backend import Outcome, Timing
 from enserve.server.errors import Code, ServerError, as_server_error
 from enserve.server.limits import Admission, Limits
 from enserve.server.metrics import Metrics
+from enserve.server.policy import PolicyFiles, PolicyOutcome, run_policy
 from enserve.server.protocol import InferRequest, InferResponse, tensor_from_bytes, timeout_deadline
 from enserve.server.repository import LoadedEnsemble, ModelRepository
 from enserve.server.stats import StatsBook
@@ -33,6 +35,7 @@ EXTENSIONS = [
     "parameters",
 ]
 MEMBER_PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+DEADLINE_GRACE_S = 0.05  # a backend's deadline answer later than this is a timeout
 
 
 class DataPlane:
@@ -51,6 +54,7 @@ class DataPlane:
         self.metrics = Metrics(self.stats, residency.stats if residency is not None else None)
         self.repository_token = repository_token
         self.backend_name = backend_name
+        self.policies = PolicyFiles()
         self.started = False
 
     # --- health and metadata -----------------------------------------------------------
@@ -158,17 +162,48 @@ class DataPlane:
 
     async def _infer(self, loaded: LoadedEnsemble, request: InferRequest, started: float) -> InferResponse:
         spec = loaded.spec
+        arrived = time.monotonic()
         inputs = self._request_inputs(spec, request)
         deadline = _earliest(request.deadline, timeout_deadline(request.parameters, time.monotonic()))
+        policy = self.policies.request(spec, request.parameters)
         input_s = time.perf_counter() - started
-        outcome = await self._run(loaded, inputs, deadline)
+        parameters: dict[str, Any] = {}
+        if policy.is_default_full:
+            outcome = await self._run(loaded, inputs, deadline)
+        else:
+            ran = await self._run_policy(loaded, inputs, policy, arrived, deadline)
+            outcome, parameters = ran.outcome, ran.parameters
         output_started = time.perf_counter()
         names = [o.name for o in request.outputs] if request.outputs else None
         outputs = outcome.result.outputs(spec, names)
         batch = next(iter(inputs.values())).shape[0]
         total_s = time.perf_counter() - started
         self._record(loaded, batch, outcome.timing, input_s, time.perf_counter() - output_started, total_s)
-        return InferResponse(loaded.name, spec.version, request.id, outputs)
+        return InferResponse(loaded.name, spec.version, request.id, outputs, parameters)
+
+    async def _run_policy(self, loaded: LoadedEnsemble, inputs: dict[str, np.ndarray],
+                          policy: RequestPolicy, arrived: float,
+                          deadline: float | None) -> PolicyOutcome:
+        """A request with policy parameters (see `enserve.server.policy`); a deadline answer
+        that does not come within `DEADLINE_GRACE_S` of `deadline_ms` is a timeout."""
+        if policy.deadline_s is not None:
+            due = arrived + policy.deadline_s + DEADLINE_GRACE_S
+            deadline = due if deadline is None else min(deadline, due)
+        work = run_policy(loaded.backend, loaded.spec, inputs, policy, arrived)
+        try:
+            if deadline is None:
+                ran = await work
+            else:
+                ran = await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self.metrics.observe_deadline_exceeded(loaded.name)
+            raise ServerError("request timed out: no answer by its deadline", Code.TIMEOUT) from None
+        except ServerError as exc:
+            if exc.code is Code.TIMEOUT:
+                self.metrics.observe_deadline_exceeded(loaded.name)
+            raise
+        self.metrics.observe_policy(loaded.name, ran)
+        return ran
 
     def _request_inputs(self, spec: EnsembleSpec, request: InferRequest) -> dict[str, np.ndarray]:
         inputs = request.inputs

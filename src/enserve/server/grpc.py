@@ -86,10 +86,23 @@ def decode_request(message: pb.ModelInferRequest, limits: Limits) -> InferReques
     )
 
 
+def _set_parameter(param: Any, value: Any) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = str(value)
+
+
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
+    for key, value in response.parameters.items():
+        _set_parameter(message.parameters[key], value)
     for name, arr in response.outputs.items():
         message.outputs.add(name=name, datatype=v2_datatype(arr.dtype), shape=list(arr.shape))
         message.raw_output_contents.append(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from enserve.server.backend import Timing
 from enserve.server.stats import ModelStats, StatsBook
@@ -84,7 +84,38 @@ class Metrics:
             "enserve_request_latency_seconds", "End-to-end server time of successful requests",
             ["model"], buckets=BUCKETS, registry=self.registry,
         )
+        self.stage_answers = Counter(
+            "enserve_cascade_answers", "Rows a cascade answered, per stage (0 = first)",
+            ["model", "stage"], registry=self.registry,
+        )
+        self.partial_answers = Counter(
+            "enserve_partial_answers", "Requests answered at their deadline by only some members",
+            ["model"], registry=self.registry,
+        )
+        self.deadline_exceeded = Counter(
+            "enserve_deadline_exceeded",
+            "Requests with a deadline that failed with a timeout (too few members in time)",
+            ["model"], registry=self.registry,
+        )
+        self.member_late = Counter(
+            "enserve_member_late",
+            "Deadline answers a member missed (it was left out of the combination)",
+            ["model", "member"], registry=self.registry,
+        )
         psutil.cpu_percent(None)  # prime the utilization counter
+
+    def observe_policy(self, model: str, ran: Any) -> None:
+        """Count a policy answer (`enserve.server.policy.PolicyOutcome`)."""
+        for stage, rows in enumerate(ran.stage_rows or ()):
+            if rows:
+                self.stage_answers.labels(model, str(stage)).inc(rows)
+        if ran.late:
+            self.partial_answers.labels(model).inc()
+        for member in ran.late:
+            self.member_late.labels(model, member).inc()
+
+    def observe_deadline_exceeded(self, model: str) -> None:
+        self.deadline_exceeded.labels(model).inc()
 
     def observe(self, model: str, timing: Timing, total_s: float) -> None:
         for member, seconds in timing.member_s.items():

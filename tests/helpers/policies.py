@@ -36,6 +36,21 @@ MODELS = textwrap.dedent('''
 
     def d():
         return _net(4, 32)
+
+
+    class _Sleepy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _net(5, 8)
+
+        def forward(self, x):
+            import time
+            time.sleep(0.4)
+            return self.inner(x)
+
+
+    def sleepy():
+        return _Sleepy()
 ''')
 
 

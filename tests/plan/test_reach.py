@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from enserve.errors import PlanError
+from enserve.formats.profile import profile_from_dict
 from enserve.plan import plan
 from enserve.plan.cost import evaluate
 from enserve.plan.reach import profile_with_reach
-from enserve.profile_format import profile_from_dict
 
 
 def _profile():
