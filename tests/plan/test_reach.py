@@ -36,7 +36,7 @@ def test_reach_scales_the_needed_capacity() -> None:
 
 
 @pytest.mark.parametrize("reach, message", [({"nobody": 0.5}, "does not have"),
-                                            ({"heavy": 0.0}, "not in"),
+                                            ({"heavy": -0.1}, "not in"),
                                             ({"heavy": 1.5}, "not in")])
 def test_bad_reach(reach, message) -> None:
     with pytest.raises(PlanError, match=message):

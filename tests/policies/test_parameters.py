@@ -80,7 +80,7 @@ def test_policy_file_round_trip(quad, tmp_path: Path) -> None:
     ({"cascade": {"confidence": "entropy", "stages": [{"members": ["a", "b", "c", "d"]}]}},
      "field 'cascade.confidence'"),
     ({"reach": {"zz": 0.5}}, "not a member"),
-    ({"reach": {"a": 0}}, r"not in \(0, 1\]"),
+    ({"reach": {"a": 1.5}}, r"not in \[0, 1\]"),
     ({"surprise": 1}, "field 'surprise'"),
 ])
 def test_bad_policy_files_are_named(quad, data, message) -> None:

@@ -153,3 +153,14 @@ def test_slow_member_hook_parsing() -> None:
     assert slow_members({}) == {}
     with pytest.raises(EnserveError, match="not MEMBER=SECONDS"):
         slow_members({SLOW_ENV: "a:0.5"})
+
+
+def test_grpc_response_carries_the_policy_parameters() -> None:
+    from enserve.server.grpc import encode_response
+
+    response = InferResponse("quad", "1", "", {"probabilities": np.zeros((1, 5), np.float32)},
+                             {"policy": "full", "members": "a,b", "partial": True, "rows": 3})
+    params = encode_response(response).parameters
+    assert params["members"].string_param == "a,b"
+    assert params["partial"].bool_param is True
+    assert params["rows"].int64_param == 3

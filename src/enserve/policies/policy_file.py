@@ -101,8 +101,8 @@ def policy_from_dict(data: Any, spec: EnsembleSpec, where: str) -> Policy:
     for member, value in model.reach.items():
         if member not in names:
             raise SpecError(f"{where}: field 'reach.{member}': not a member of '{spec.name}'")
-        if not 0 < value <= 1:
-            raise SpecError(f"{where}: field 'reach.{member}': {value} is not in (0, 1]")
+        if not 0 <= value <= 1:
+            raise SpecError(f"{where}: field 'reach.{member}': {value} is not in [0, 1]")
     return Policy(model.default, cascade, model.reach, model.calibration)
 
 
