@@ -117,14 +117,15 @@ def slowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable
 
 
 def test_deadline_answer_leaves_the_slowed_member_out(slowed) -> None:
-    plane = slowed("c=0.5")
+    plane = slowed("c=2.0")
     x = random_inputs(4)
     started = time.monotonic()
-    response = _infer(plane, x, deadline_ms=150, min_members=2)
-    assert time.monotonic() - started < 0.5  # answered before the slowed member finished
-    assert response.parameters == {"policy": "full", "members": "a,b,d", "partial": True}
+    response = _infer(plane, x, deadline_ms=800, min_members=1)
+    assert time.monotonic() - started < 2.0  # answered before the slowed member finished
+    used = response.parameters["members"].split(",")
+    assert "c" not in used and response.parameters["partial"] is True
     oracle = _oracle(plane)
-    expected, _ = combine_members(oracle.spec, oracle.member_logits({"x": x}), ["a", "b", "d"])
+    expected, _ = combine_members(oracle.spec, oracle.member_logits({"x": x}), used)
     np.testing.assert_allclose(response.outputs["probabilities"], expected, rtol=1e-6)
     text = plane.metrics.render().decode()
     assert 'enserve_partial_answers_total{model="quad"} 1.0' in text
@@ -140,9 +141,9 @@ def test_deadline_with_every_member_in_time_is_whole(plane: DataPlane) -> None:
 
 
 def test_too_few_members_by_the_deadline_is_a_timeout(slowed) -> None:
-    plane = slowed("a=0.5,b=0.5")
+    plane = slowed("a=2.0,b=2.0")
     with pytest.raises(ServerError, match="min_members is 3") as info:
-        _infer(plane, random_inputs(2), deadline_ms=100, min_members=3)
+        _infer(plane, random_inputs(2), deadline_ms=300, min_members=3)
     assert info.value.code is Code.TIMEOUT and info.value.code.http_status == 504
     text = plane.metrics.render().decode()
     assert 'enserve_deadline_exceeded_total{model="quad"} 1.0' in text

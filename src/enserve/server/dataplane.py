@@ -35,7 +35,7 @@ EXTENSIONS = [
     "parameters",
 ]
 MEMBER_PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-DEADLINE_GRACE_S = 0.05  # a backend's deadline answer later than this is a timeout
+DEADLINE_GRACE_S = 1.0  # safety net: a backend's deadline answer later than this is a timeout
 
 
 class DataPlane:
