@@ -43,6 +43,14 @@ def register(sub: Any) -> None:
     p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
                    help="use fused groups the profile carries: auto (if predicted better), "
                    "on (always), off (never); default auto")
+    p.add_argument("--full-profile", action="store_true",
+                   help="with a SPEC: measure every setting (minutes) instead of profiling "
+                        "adaptively (measure a few, model the rest, refine what the plan uses)")
+    p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
+                   help="with a SPEC: stop the adaptive profiler's refinement after S seconds "
+                        "(default 60)")
+    p.add_argument("--profile-out", type=Path, default=None,
+                   help="with a SPEC: also save the profile it planned from")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of a table")
     p.add_argument("--out", type=Path, help="write the plan JSON here")
     p.add_argument("--heatmap", type=Path, help="save the allocation matrix as a PNG")
@@ -93,26 +101,40 @@ def _ray_devices(address: str | None) -> Any:
     return devices
 
 
-def _profile(args: argparse.Namespace) -> Any:
-    from enserve.formats.profile import load_profile
+def _profile(args: argparse.Namespace, constraints: Any) -> Any:
+    from enserve.formats.profile import load_profile, profile_from_dict, save_profile
 
     if (args.spec is None) == (args.profile is None):
         raise PlanError("give either a SPEC to profile or --profile FILE (not both)")
     if args.profile is not None:
         return load_profile(args.profile)
-    from enserve.profiler import profile_spec  # imports torch: only when profiling
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise PlanError(f"--budget-s: {args.budget_s:g} must be positive")
+    if args.full_profile:
+        from enserve.profiler import profile_spec  # imports torch: only when profiling
 
-    return profile_spec(args.spec, progress=not args.json)
+        profile = profile_spec(args.spec, progress=not args.json)
+    else:
+        from enserve.profiler.adaptive_run import adaptive_profile_spec
+
+        algorithm = args.algorithm if args.algorithm in ("greedy", "exact") else "greedy"
+        data, _, _ = adaptive_profile_spec(args.spec, progress=not args.json,
+                                           algorithm=algorithm, objective=args.objective,
+                                           constraints=constraints, budget_s=args.budget_s)
+        profile = profile_from_dict(data)
+    if args.profile_out is not None:
+        save_profile(profile, args.profile_out)
+    return profile
 
 
 def run(args: argparse.Namespace) -> int:
     from enserve.plan import Constraints, evaluate, save_plan
     from enserve.plan.fusion import choose_fusion
 
-    profile = _profile(args)
     constraints = Constraints(max_latency_s=args.max_latency, min_throughput=args.min_throughput,
                               memory_headroom=args.memory_headroom,
                               time_sharing=not args.no_time_sharing)
+    profile = _profile(args, constraints)
     decision = choose_fusion(profile, args.fusion, args.algorithm, args.objective, constraints,
                              _devices(args.devices))
     result = decision.plan

@@ -48,6 +48,12 @@ def register(sub: Any) -> None:
                         "fx graph, one vectorized forward or one merged ONNX graph) as a "
                         "member named after the group (on: fail if there is none); off: "
                         "members only (default auto)")
+    p.add_argument("--adaptive", action="store_true",
+                   help="measure a few settings per member, model the rest (latency vs batch "
+                        "size and share) and measure more only where the plan's choice is "
+                        "close; entries the model filled carry \"modelled\": true")
+    p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
+                   help="--adaptive: stop refining after S seconds (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -112,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         raise ProfileError(f"--repeats: {args.repeats} must be at least 1")
     if args.warmup < 0:
         raise ProfileError(f"--warmup: {args.warmup} must be 0 or more")
+    if args.adaptive:
+        return _run_adaptive(args, batch_sizes, shares, devices)
     data, stats = profile_spec_dict(
         args.spec,
         devices=devices,
@@ -136,6 +144,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_adaptive(args: argparse.Namespace, batch_sizes: list[int] | None,
+                  shares: dict[str, list[float]], devices: list[str] | None) -> int:
+    from enserve.formats.profile import profile_from_dict, save_profile
+    from enserve.profiler.adaptive_run import ADAPTIVE_REPEATS, adaptive_profile_spec
+
+    if not args.budget_s > 0:
+        raise ProfileError(f"--budget-s: {args.budget_s:g} must be positive")
+    data, result, _ = adaptive_profile_spec(
+        args.spec, devices=devices, batch_sizes=batch_sizes or (), shares=shares or None,
+        variants=parse_variants(args.variants),
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        progress=not args.no_progress,
+        repeats=min(args.repeats, ADAPTIVE_REPEATS), warmup=min(args.warmup, 1),
+        max_seconds=args.max_seconds, refresh=args.refresh, budget_s=args.budget_s)
+    save_profile(profile_from_dict(data), args.out)
+    print_summary(data)
+    print(f"{result.measured} settings measured, {result.modelled} modelled, "
+          f"{len(result.rounds)} planning rounds"
+          f"{' (converged)' if result.converged else ' (budget spent)'} in "
+          f"{result.elapsed_s:.1f} s -> {args.out}")
+    return 0
+
+
 def print_summary(data: dict[str, Any]) -> None:
     """A table of the entries, and any notes (rejected variants, skipped settings)."""
     from rich.console import Console
@@ -143,12 +174,16 @@ def print_summary(data: dict[str, Any]) -> None:
 
     console = Console()
     table = Table(title=f"profile of {data.get('ensemble', '')}")
-    for column in ("member", "variant", "device", "share", "batch", "latency ms", "memory MB"):
+    modelled = any(e.get("modelled") for e in data["entries"])
+    columns = ["member", "variant", "device", "share", "batch", "latency ms", "memory MB"]
+    for column in columns + (["source"] if modelled else []):
         table.add_column(column, justify="left" if column in ("member", "variant") else "right")
     for e in data["entries"]:
-        table.add_row(e["member"], str(e.get("variant")), e["device"], f"{e['share']:g}",
-                      str(e["batch_size"]), f"{e['latency_s'] * 1e3:.2f}",
-                      f"{e['memory_bytes'] / 2**20:.1f}")
+        row = [e["member"], str(e.get("variant")), e["device"], f"{e['share']:g}",
+               str(e["batch_size"]), f"{e['latency_s'] * 1e3:.2f}",
+               f"{e['memory_bytes'] / 2**20:.1f}"]
+        table.add_row(*row, *(["model" if e.get("modelled") else "measured"] if modelled
+                              else []))
     console.print(table)
     for note in data.get("meta", {}).get("notes", []):
         console.print(f"note: {note}", markup=False)

@@ -26,6 +26,7 @@ from dataclasses import replace
 import numpy as np
 
 from enserve.errors import PlanError
+from enserve.plan import share_search
 from enserve.plan.cost import require_feasible, throughput
 from enserve.plan.packing import worst_fit_decreasing
 from enserve.plan.problem import EPS, IntArray, Problem
@@ -94,6 +95,7 @@ def greedy(problem: Problem, seed: int = 0) -> IntArray:
             consider(climb(problem, greedy(free, seed)))
     for _ in range(1 if large else KICKS):
         consider(climb(problem, _kick(problem, best, rng)))
+    best = share_search.improve(problem, best)  # hard shares: re-allocate whole devices
     best = climb(problem, best, clean=True)
     require_feasible(problem, best)
     return best

@@ -23,6 +23,7 @@ from enserve.formats.profile import Profile, ProfileDevice, ProfileEntry, Profil
 GIB = 2**30
 MIB = 2**20
 GPU_SHARES = (25, 50, 100)
+FINE_GPU_SHARES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 SMALL_BATCHES = (1, 4, 16)
 
 
@@ -38,8 +39,12 @@ def cpu_latency(gflop: float, batch: int, cores: float, *, overhead_s: float, se
     return overhead_s + gflop * batch / core_gflops * (serial + (1.0 - serial) / cores)
 
 
-def random_profile(seed: int, max_members: int = 6, max_devices: int = 3) -> Profile:
-    """A small random ensemble on a few CPUs / GPUs (seeded, reproducible)."""
+def random_profile(seed: int, max_members: int = 6, max_devices: int = 3,
+                   gpu_shares: tuple[int, ...] = GPU_SHARES) -> Profile:
+    """A small random ensemble on a few CPUs / GPUs (seeded, reproducible).
+
+    `gpu_shares`: the MPS percentages profiled per GPU (`FINE_GPU_SHARES` for a finer grid,
+    where choosing shares matters most)."""
     rng = np.random.default_rng(seed)
     n_members = int(rng.integers(2, max_members + 1))
     n_devices = int(rng.integers(1, max_devices + 1))
@@ -75,7 +80,7 @@ def random_profile(seed: int, max_members: int = 6, max_devices: int = 3) -> Pro
             for variant, speed, mem_factor in variants:
                 for batch in SMALL_BATCHES:
                     if dev.kind == "cuda":
-                        shares = list(GPU_SHARES)
+                        shares = list(gpu_shares)
                         context = 400 * MIB
                     else:
                         shares = [s for s in (1, 2, 4, 8) if s <= dev.compute_units]
@@ -93,7 +98,8 @@ def random_profile(seed: int, max_members: int = 6, max_devices: int = 3) -> Pro
                                                     memory_bytes=memory, variant=variant))
     _make_roomy(devices, entries, members)
     profile = Profile(devices=devices, members=members, entries=entries, combine_s=0.0005)
-    extra = {"generator": f"enserve.plan.scenarios.random_profile(seed={seed})"}
+    extra = {"generator": f"enserve.plan.scenarios.random_profile(seed={seed}"
+                       + ("" if gpu_shares == GPU_SHARES else f", gpu_shares={gpu_shares}") + ")"}
     return profile.model_copy(update=extra)
 
 

@@ -1,0 +1,300 @@
+"""Adaptive profiling: measure a few settings, model the rest, refine where the plan is close.
+
+A full profile measures every member x variant x device x share x batch size: minutes on a
+new machine. The planner needs far fewer points to choose well, if the rest are modelled
+(`enserve.profiler.latency_model`) and the points it actually relies on are measured:
+
+1. **Screen.** Every (member, variant, device) is measured at one setting: the smallest
+   batch size at the largest share.
+2. **Seed the model.** Variants within `screen_ratio` of the member's fastest there get two
+   more points: a larger batch (`seed_batch`) at the largest share, and the same batch at
+   the smallest share. The others keep a one-point model (a rough guess; it is measured if
+   the planner ever picks it).
+3. **Refine.** Plan on measured + modelled entries. Measure every modelled setting the plan
+   uses; once all are measured, measure the close competitors: modelled settings of a
+   planned member on a device it uses whose samples/s per unit of share (throughput
+   objective) or latency (latency objective) is within `margin` of the member's planned
+   setting there, the closest one per (member, variant, device), skipping those whose
+   model was last confirmed by a measurement within `tolerance`. Refit, re-plan, repeat
+   until a round finds nothing modelled worth measuring, `max_rounds` rounds ran, or
+   `budget_s` is spent.
+
+Measured entries are never overwritten by the model; modelled ones carry `"modelled": true`.
+Everything hardware-specific sits behind `measure` (a callable from settings to measured
+entries) and `planner` (profile -> plan), so the loop is tested on hand-made profiles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from enserve.formats.plan import Plan
+from enserve.formats.profile import Profile, profile_from_dict
+from enserve.profiler.latency_model import LatencyModel, Measured, fit, scaled_like
+
+# (member, variant, device id, share, batch size)
+Setting = tuple[str, str | None, str, float, int]
+Measure = Callable[[Sequence[Setting]], list[dict[str, Any]]]
+Planner = Callable[[Profile], Plan]
+Progress = Callable[[str, int], None]  # (what is being measured, how many settings)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The settings a full profile would measure."""
+
+    batch_sizes: tuple[int, ...]
+    shares: Mapping[str, tuple[float, ...]]  # per device id, ascending
+    variants: Mapping[str, tuple[str | None, ...]]  # per member
+    kinds: Mapping[str, str]  # device id -> "cpu" | "cuda"
+
+    def size(self) -> int:
+        return sum(len(self.batch_sizes) * len(s) * len(v)
+                   for s in self.shares.values() for v in self.variants.values())
+
+
+@dataclass
+class Round:
+    """One plan of the refinement and what was measured after it."""
+
+    predicted_throughput: float
+    predicted_latency_s: float
+    plan_changed: bool
+    measured: list[Setting]
+    reason: str  # "plan uses modelled settings" | "close competitors" | "converged" | ...
+
+
+@dataclass
+class AdaptiveResult:
+    profile: Profile
+    plan: Plan | None
+    rounds: list[Round] = field(default_factory=list)
+    measured: int = 0
+    modelled: int = 0
+    converged: bool = False
+    elapsed_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "measured_settings": self.measured,
+            "modelled_settings": self.modelled,
+            "rounds": len(self.rounds),
+            "converged": self.converged,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "history": [{"predicted_throughput": r.predicted_throughput,
+                         "predicted_latency_s": r.predicted_latency_s,
+                         "plan_changed": r.plan_changed, "reason": r.reason,
+                         "measured": [list(s) for s in r.measured]} for r in self.rounds],
+        }
+
+
+def instance_setting(instance: Any) -> Setting:
+    return (instance.member, instance.variant, instance.device, float(instance.share),
+            int(instance.batch_size))
+
+
+class AdaptiveProfiler:
+    """The screen / seed / refine loop of the module docstring."""
+
+    def __init__(self, skeleton: Mapping[str, Any], grid: Grid, measure: Measure,
+                 planner: Planner, *, objective: str = "throughput", margin: float = 0.1,
+                 tolerance: float = 0.05,
+                 screen_ratio: float = 1.5, seed_batch: int = 8, max_rounds: int = 8,
+                 budget_s: float | None = None, competitors_per_round: int = 12,
+                 progress: Progress | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.skeleton = dict(skeleton)
+        self.grid = grid
+        self._measure = measure
+        self.planner = planner
+        self.objective = objective
+        self.margin = margin
+        self.tolerance = tolerance
+        self.screen_ratio = screen_ratio
+        self.seed_batch = seed_batch
+        self.max_rounds = max_rounds
+        self.budget_s = budget_s
+        self.competitors_per_round = competitors_per_round
+        self.progress = progress
+        self.clock = clock
+        self.measured: dict[Setting, dict[str, Any]] = {}
+        self.failed: set[Setting] = set()
+        # relative error of the model at the last setting measured after it was fitted
+        self.model_error: dict[tuple[str, str | None, str], float] = {}
+        self._start = clock()
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def measure(self, settings: Iterable[Setting], what: str) -> list[Setting]:
+        todo = [s for s in dict.fromkeys(settings) if s not in self.measured
+                and s not in self.failed]
+        if not todo:
+            return []
+        if self.progress is not None:
+            self.progress(what, len(todo))
+        models = self.models()
+        for entry in self._measure(todo):
+            key: Setting = (entry["member"], entry.get("variant"), entry["device"],
+                            float(entry["share"]), int(entry["batch_size"]))
+            self.measured[key] = dict(entry)
+            model = models.get(key[:3])
+            if model is not None:  # how far off was the model here?
+                predicted = model.latency(key[4], key[3])
+                self.model_error[key[:3]] = abs(predicted / float(entry["latency_s"]) - 1.0)
+        self.failed.update(s for s in todo if s not in self.measured)
+        return [s for s in todo if s in self.measured]
+
+    def over_budget(self) -> bool:
+        return self.budget_s is not None and self.clock() - self._start >= self.budget_s
+
+    # -- the grid and the model -----------------------------------------------------------
+
+    def _keys(self) -> list[tuple[str, str | None, str]]:
+        return [(m, v, d) for m, variants in self.grid.variants.items() for v in variants
+                for d in self.grid.shares]
+
+    def screen_settings(self) -> list[Setting]:
+        b = min(self.grid.batch_sizes)
+        return [(m, v, d, max(self.grid.shares[d]), b) for m, v, d in self._keys()]
+
+    def seed_settings(self) -> list[Setting]:
+        """Two more points for each variant within `screen_ratio` of its member's fastest."""
+        small = min(self.grid.batch_sizes)
+        larger = [b for b in self.grid.batch_sizes if b > small]
+        batch = max([b for b in larger if b <= self.seed_batch] or larger[:1] or [small])
+        out: list[Setting] = []
+        for m, variants in self.grid.variants.items():
+            for d, shares in self.grid.shares.items():
+                top = max(shares)
+                screened = {v: self.measured[(m, v, d, top, small)]["latency_s"]
+                            for v in variants if (m, v, d, top, small) in self.measured}
+                if not screened:
+                    continue
+                fastest = min(screened.values())
+                for v, lat in screened.items():
+                    if lat <= fastest * self.screen_ratio:
+                        out.append((m, v, d, top, batch))
+                        out.append((m, v, d, min(shares), batch))
+        return out
+
+    def models(self) -> dict[tuple[str, str | None, str], LatencyModel]:
+        """A fitted model per (member, variant, device) with measurements. A variant
+        measured at one setting only borrows the batch and share shape of a better-known
+        variant of the same member on the same device (variants batch alike), scaled to
+        its own point."""
+        points: dict[tuple[str, str | None, str], list[Measured]] = {}
+        for (m, v, d, s, b), e in self.measured.items():
+            points.setdefault((m, v, d), []).append(
+                Measured(b, s, float(e["latency_s"]), int(e["memory_bytes"])))
+        models = {key: fit(p, self.grid.kinds.get(key[2], "cpu")) for key, p in points.items()}
+        for key, pts in points.items():
+            if len(pts) > 1:
+                continue
+            donors = [k for k in points if k[0] == key[0] and k[2] == key[2]
+                      and len(points[k]) > 1]
+            if donors:
+                donor = models[max(donors, key=lambda k: len(points[k]))]
+                models[key] = scaled_like(donor, pts[0], models[key])
+        return models
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Measured entries, then modelled ones for every other setting of the grid."""
+        out = [dict(e) for e in self.measured.values()]
+        for (m, v, d), model in self.models().items():
+            for s in self.grid.shares[d]:
+                for b in self.grid.batch_sizes:
+                    if (m, v, d, s, b) in self.measured:
+                        continue
+                    out.append({"member": m, "variant": v, "device": d, "batch_size": b,
+                                "share": _number(s), "latency_s": model.latency(b, s),
+                                "memory_bytes": model.memory(b), "modelled": True})
+        return sorted(out, key=lambda e: (e["member"], e.get("variant") or "", e["device"],
+                                          e["share"], e["batch_size"]))
+
+    def profile(self) -> Profile:
+        return profile_from_dict({**self.skeleton, "entries": self.entries()})
+
+    # -- refinement -----------------------------------------------------------------------
+
+    def competitors(self, plan: Plan, entries: Sequence[Mapping[str, Any]]) -> list[Setting]:
+        """Modelled settings close to what the plan chose (see the module docstring)."""
+        modelled = [e for e in entries if e.get("modelled")
+                    and self.model_error.get((e["member"], e.get("variant"), e["device"]),
+                                             1.0) > self.tolerance]
+        out: list[tuple[float, Setting]] = []
+        for inst in plan.instances:
+            chosen = self.measured.get(instance_setting(inst))
+            if chosen is None:
+                continue
+            for e in modelled:
+                if e["member"] != inst.member or e["device"] != inst.device:
+                    continue
+                closeness = self._closeness(chosen, e)
+                if closeness >= -self.margin:
+                    out.append((-closeness, (e["member"], e.get("variant"), e["device"],
+                                             float(e["share"]), int(e["batch_size"]))))
+        out.sort()
+        one_each: dict[tuple[str, str | None, str], Setting] = {}
+        for _, setting in out:  # the closest per (member, variant, device)
+            one_each.setdefault(setting[:3], setting)
+        return list(one_each.values())[: self.competitors_per_round]
+
+    def _closeness(self, chosen: Mapping[str, Any], other: Mapping[str, Any]) -> float:
+        """Relative advantage of `other` over `chosen` (>= -margin: worth measuring)."""
+        if self.objective == "latency":
+            return float(chosen["latency_s"]) / float(other["latency_s"]) - 1.0
+        def rate(e: Mapping[str, Any]) -> float:
+            return float(e["batch_size"]) / float(e["latency_s"]) / float(e["share"])
+        return rate(other) / rate(chosen) - 1.0
+
+    def run(self) -> AdaptiveResult:
+        self._start = self.clock()
+        self.measure(self.screen_settings(), "screening variants")
+        self.measure(self.seed_settings(), "seeding the latency model")
+        rounds: list[Round] = []
+        previous: set[Setting] | None = None
+        plan: Plan | None = None
+        converged = False
+        for _ in range(self.max_rounds):
+            entries = self.entries()
+            profile = profile_from_dict({**self.skeleton, "entries": entries})
+            plan = self.planner(profile)
+            used = {instance_setting(i) for i in plan.instances}
+            changed = previous is not None and used != previous
+            previous = used
+            info = Round(plan.predicted.throughput, plan.predicted.latency_s, changed, [], "")
+            rounds.append(info)
+            todo = [s for s in sorted(used, key=_sort_key)
+                    if s not in self.measured and s not in self.failed]
+            info.reason = "plan uses modelled settings"
+            if not todo:
+                todo = self.competitors(plan, entries)
+                info.reason = "close competitors"
+            if not todo:
+                info.reason = "converged"
+                converged = True
+                break
+            if self.over_budget():
+                info.reason = "budget spent"
+                break
+            info.measured = self.measure(todo, f"round {len(rounds)}: {info.reason}")
+            if not info.measured:
+                info.reason += " (measurements failed)"
+        final = self.profile()
+        if plan is None or not converged:
+            plan = self.planner(final)
+        n_measured = len(self.measured)
+        return AdaptiveResult(final, plan, rounds, n_measured,
+                              len(final.entries) - n_measured, converged,
+                              self.clock() - self._start)
+
+
+def _sort_key(s: Setting) -> tuple[str, str, str, float, int]:
+    return (s[0], s[1] or "", s[2], s[3], s[4])
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
