@@ -109,22 +109,46 @@ def probabilities(spec: Any, logits: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(combine(stacked, spec.combiner, spec.member_weights()))
 
 
-def forward_all(modules: dict[str, Any], x: Any) -> dict[str, Any]:
+def forward_all(modules: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """Every member on its own (preprocessed, on-device) input, one after another."""
     import torch
 
     with torch.inference_mode():
         out = {}
         for name, (module, _, dtype) in modules.items():
-            y = module(x.to(dtype))
+            y = module(inputs[name].to(dtype))
             out[name] = y[0] if isinstance(y, (tuple, list)) else y
         return out
 
 
-def device_input(spec: Any, modules: dict[str, Any], batch: np.ndarray, device: str) -> Any:
+def host_inputs(modules: dict[str, Any], batch: np.ndarray, pin: bool = False) -> dict[str, Any]:
+    """Each member's preprocessed batch on the host (one tensor per distinct preprocessing,
+    in pinned memory if `pin`)."""
     import torch
 
-    pre = next(iter(modules.values()))[1]
-    return torch.from_numpy(np.ascontiguousarray(pre(batch))).to(device)
+    by_config: dict[str, Any] = {}
+    out = {}
+    for name, (_, pre, _) in modules.items():
+        key = repr(pre.config)
+        if key not in by_config:
+            host = torch.from_numpy(np.ascontiguousarray(pre(batch)))
+            by_config[key] = host.pin_memory() if pin else host
+        out[name] = by_config[key]
+    return out
+
+
+def to_device(hosts: dict[str, Any], device: str) -> dict[str, Any]:
+    """One host-to-device copy per distinct host tensor (one per batch when members share
+    their preprocessing)."""
+    copies: dict[int, Any] = {}
+    for host in hosts.values():
+        if id(host) not in copies:
+            copies[id(host)] = host.to(device, non_blocking=host.is_pinned())
+    return {name: copies[id(host)] for name, host in hosts.items()}
+
+
+def device_inputs(modules: dict[str, Any], batch: np.ndarray, device: str) -> dict[str, Any]:
+    return to_device(host_inputs(modules, batch), device)
 
 
 # -- 1. precision --------------------------------------------------------------------------
@@ -147,9 +171,9 @@ def precision(spec_path: Path, device: str, batch: int, repeats: int) -> dict[st
     rows: dict[str, Any] = {}
     for name in dtypes:
         _, modules = load_modules(spec_path, device, name)
-        x = device_input(spec, modules, timing_batch, device)
+        x = device_inputs(modules, timing_batch, device)
         seconds = timed(lambda m=modules, x=x: forward_all(m, x), sync, repeats)
-        small = device_input(spec, modules, sample, device)
+        small = device_inputs(modules, sample, device)
         logits = {k: v.float().cpu().numpy() for k, v in forward_all(modules, small).items()}
         probs = probabilities(spec, logits)
         rows[name] = {"seconds_per_batch": seconds, "images_per_s": batch / seconds,
@@ -158,7 +182,7 @@ def precision(spec_path: Path, device: str, batch: int, repeats: int) -> dict[st
         del modules
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    for name, row in rows.items():
+    for row in rows.values():
         row["speedup_vs_fp32"] = rows["fp32"]["seconds_per_batch"] / row["seconds_per_batch"]
     print(f"\n## 1. precision ({device}, batch {batch}, {repeats} timed runs)\n")
     print("| dtype | ms per batch | images/s | x fp32 | max abs prob diff vs CPU reference "
@@ -178,18 +202,16 @@ def streams(spec_path: Path, device: str, batch: int, repeats: int) -> dict[str,
     import torch
 
     spec, modules = load_modules(spec_path, device, "fp32")
-    host = torch.from_numpy(next(iter(modules.values()))[1](random_batch(spec, batch, 3)))
-    pinned = host.pin_memory()
+    pinned = host_inputs(modules, random_batch(spec, batch, 3), pin=True)
     names = list(modules)
     side = {n: torch.cuda.Stream(device) for n in names}
     outputs: dict[str, dict[str, Any]] = {}
 
     def sequential() -> None:
-        x = pinned.to(device, non_blocking=True)  # one copy per batch
-        outputs["sequential"] = forward_all(modules, x)
+        outputs["sequential"] = forward_all(modules, to_device(pinned, device))
 
     def concurrent() -> None:
-        x = pinned.to(device, non_blocking=True)  # one copy per batch, on the default stream
+        x = to_device(pinned, device)  # copied on the default stream
         copied = torch.cuda.current_stream(device)
         out = {}
         with torch.inference_mode():
@@ -197,7 +219,7 @@ def streams(spec_path: Path, device: str, batch: int, repeats: int) -> dict[str,
                 s = side[n]
                 s.wait_stream(copied)
                 with torch.cuda.stream(s):
-                    y = modules[n][0](x)
+                    y = modules[n][0](x[n])
                     out[n] = y[0] if isinstance(y, (tuple, list)) else y
         for n in names:
             copied.wait_stream(side[n])
@@ -268,7 +290,7 @@ def _worker(args: argparse.Namespace) -> None:
     device = args.device
     spec, modules = load_modules(Path(args.spec), device, "fp32")
     modules = {n: modules[n] for n in args.members.split(",")}
-    x = device_input(spec, modules, random_batch(spec, args.batch, 4), device)
+    x = device_inputs(modules, random_batch(spec, args.batch, 4), device)
     cuda = device.startswith("cuda")
 
     def sync() -> None:
@@ -276,7 +298,7 @@ def _worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(device)
 
     if args.worker == "latency":
-        out = {n: timed(lambda n=n: forward_all({n: modules[n]}, x), sync, args.repeats)
+        out = {n: timed(lambda n=n: forward_all({n: modules[n]}, {n: x[n]}), sync, args.repeats)
                for n in modules}
         print(json.dumps(out), flush=True)
         return
@@ -393,7 +415,7 @@ def mps_shares(args: argparse.Namespace) -> dict[str, Any]:
         cells = [f"{1e3 * e.latency_s:.2f}" for s in shares for e in profile.entries
                  if e.member == n and e.share == s]
         print(f"| {n} | " + " | ".join(cells) + f" | {chosen[n]}% |")
-    print(f"\nplans (latency objective): " + "; ".join(
+    print("\nplans (latency objective): " + "; ".join(
         f"{k}: predicted {1e3 * p.predicted.latency_s:.2f} ms" for k, p in plans.items()))
     print("\n| run | mean completion ms | p50 ms | improvement |\n|---|---|---|---|")
     print(f"| default (no MPS shares, all members at once) | {1e3 * d_mean:.2f} | "

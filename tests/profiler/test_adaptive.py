@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from enserve.plan import Constraints, evaluate, plan
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile, profile_from_dict
+from enserve.plan import Constraints, evaluate, plan
 from enserve.profiler.adaptive import AdaptiveProfiler, Grid, Setting, instance_setting
 from enserve.profiler.latency_model import LatencyModel, Measured, fit
 

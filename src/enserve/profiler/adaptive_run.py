@@ -15,9 +15,9 @@ from typing import Any
 
 from enserve.devices import Device
 from enserve.errors import ProfileError
-from enserve.plan import Constraints, plan
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
+from enserve.plan import Constraints, plan
 from enserve.profiler.adaptive import AdaptiveProfiler, AdaptiveResult, Grid, Setting
 from enserve.profiler.cache import ResultCache, cpu_model
 from enserve.profiler.child import MAX_SECONDS_PER_BATCH, load_average
