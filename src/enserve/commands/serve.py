@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "require (unset: no token)")
     p.add_argument("--port-file", type=Path, default=None,
                    help="write the bound ports as JSON here once serving (for scripts and tests)")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                   help="do not serve the operator's page (/dashboard) and its JSON (/dashboard/state)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, port_file=args.port_file, ray_address=args.ray_address,
         memory_budget_bytes=(int(args.memory_budget_mb * 1024 * 1024)
                              if args.memory_budget_mb is not None else None),
-        idle_unload_s=args.idle_unload_s,
+        idle_unload_s=args.idle_unload_s, dashboard=args.dashboard,
     )
     run_server(config)
     return 0

@@ -45,6 +45,7 @@ def instance_summary(handle: Any, uptime: float) -> dict[str, Any]:
         "device": cfg.device,
         "batch_size": cfg.batch_size,
         "threads": cfg.threads,
+        "share": cfg.share,
         "cores": list(cfg.cores) if cfg.cores else None,
         "pid": handle.ready.pid if handle.ready and handle.state == "ready" else None,
         "state": handle.state,

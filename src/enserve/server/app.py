@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from enserve.errors import EnserveError
+from enserve.server.dashboard import add_dashboard
 from enserve.server.dataplane import DataPlane
 from enserve.server.grpc import build_grpc_server
 from enserve.server.http import build_app, build_metrics_app
@@ -52,6 +53,8 @@ class ServerConfig:
     """`--backend ray`: the Ray cluster (None: the one running on this machine)."""
     port_file: Path | None = None
     """Where to write `{"http": port, "grpc": port, "metrics": port}` once serving."""
+    dashboard: bool = True
+    """Serve the operator's page at `/dashboard` and its JSON at `/dashboard/state` (HTTP port)."""
 
 
 def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
@@ -136,7 +139,10 @@ class EnserveServer:
             log.error("model %s not loaded: %s", name, message)
         cfg = self.config
         if cfg.http_port is not None:
-            self.ports["http"] = self._serve_http(build_app(self.plane), cfg.http_port)
+            app = build_app(self.plane)
+            if cfg.dashboard:
+                add_dashboard(app, self.plane)
+            self.ports["http"] = self._serve_http(app, cfg.http_port)
         if cfg.metrics_port is not None:
             self.ports["metrics"] = self._serve_http(build_metrics_app(self.plane), cfg.metrics_port)
         if cfg.grpc_port is not None:

@@ -19,6 +19,7 @@ from enserve.policies.parameters import RequestPolicy
 from enserve.result import validate_inputs
 from enserve.server.backend import Outcome, Timing
 from enserve.server.errors import Code, ServerError, as_server_error
+from enserve.server.instance_metrics import instance_lines
 from enserve.server.limits import Admission, Limits
 from enserve.server.metrics import Metrics
 from enserve.server.policy import PolicyFiles, PolicyOutcome, run_policy
@@ -52,6 +53,7 @@ class DataPlane:
         self.stats = StatsBook()
         residency = getattr(repository, "residency", None)  # a BudgetedRepository's
         self.metrics = Metrics(self.stats, residency.stats if residency is not None else None)
+        self.metrics.sources.append(lambda: instance_lines((e.name, e.backend) for e in repository.loaded()))
         self.repository_token = repository_token
         self.backend_name = backend_name
         self.policies = PolicyFiles()
@@ -140,6 +142,18 @@ class DataPlane:
 
     # --- inference ---------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        try:
+            return await self._infer_request(request)
+        except Exception as exc:
+            self._count_failure(request.model_name, as_server_error(exc))
+            raise
+
+    def _count_failure(self, model: str, error: ServerError) -> None:
+        """`enserve_request_failures{model, reason}`; names never served count as model ""."""
+        label = model if model in self.stats.models else ""
+        self.metrics.request_failures.labels(label, error.code.name.lower()).inc()
+
+    async def _infer_request(self, request: InferRequest) -> InferResponse:
         started = time.perf_counter()
         async with self.repository.use(request.model_name) as (loaded, member):
             if member is not None:

@@ -65,7 +65,7 @@ class EngineBackend:
         return Outcome(result, Timing(compute_s=time.perf_counter() - started))
 
     def stats(self) -> dict[str, Any]:
-        return self.engine.stats()
+        return {**self.engine.stats(), "predicted_throughput": self.engine.predicted_throughput}
 
     def memory_bytes(self) -> int:
         """Resident memory of the engine's worker processes."""

@@ -66,6 +66,8 @@ class Metrics:
     def __init__(self, stats: StatsBook, swap_stats: Callable[[], Any] | None = None) -> None:
         self.stats = stats
         self.swap_stats = swap_stats  # `enserve.server.residency.SwapStats` source under a memory budget
+        self.sources: list[Callable[[], list[str]]] = []
+        """More exposition lines rendered at scrape time (e.g. `instance_metrics.instance_lines`)."""
         self.registry = CollectorRegistry()
         self.member_latency = Histogram(
             "enserve_member_latency_seconds", "Time one member took on one batch",
@@ -101,6 +103,10 @@ class Metrics:
             "enserve_member_late",
             "Deadline answers a member missed (it was left out of the combination)",
             ["model", "member"], registry=self.registry,
+        )
+        self.request_failures = Counter(
+            "enserve_request_failures", "Failed inference requests by reason (the error's kind)",
+            ["model", "reason"], registry=self.registry,
         )
         psutil.cpu_percent(None)  # prime the utilization counter
 
@@ -145,6 +151,8 @@ class Metrics:
         lines += _gpu_lines()
         if self.swap_stats is not None:
             lines += _swap_lines(self.swap_stats())
+        for source in self.sources:
+            lines += source()
         return "\n".join(lines) + "\n"
 
     def render(self) -> bytes:

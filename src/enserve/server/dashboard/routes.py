@@ -1,0 +1,55 @@
+"""`GET /dashboard` (the page) and `GET /dashboard/state` (its JSON, for any tool) on the HTTP app."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from enserve.server.dashboard.state import DashboardState
+from enserve.server.errors import ServerError
+
+if TYPE_CHECKING:
+    from enserve.server.dataplane import DataPlane
+
+# The page loads nothing from elsewhere; the policy makes the browser refuse it if it tried.
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+       "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'")
+
+
+def page_html() -> bytes:
+    return resources.files("enserve.server.dashboard").joinpath("page.html").read_bytes()
+
+
+def window_param(request: Request) -> float | None:
+    """`?window=S` (seconds, 0: since start); a bad value is a 400."""
+    raw = request.query_params.get("window")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServerError(f"window must be a number of seconds, got '{raw[:40]}'") from None
+    if not math.isfinite(value) or value < 0:
+        raise ServerError(f"window must be a finite number of seconds >= 0, got '{raw[:40]}'")
+    return value
+
+
+def add_dashboard(app: FastAPI, plane: DataPlane, window_s: float = 10.0) -> DashboardState:
+    state = DashboardState(plane, window_s)
+    page = page_html()
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP,
+                                 "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/dashboard/state")
+    async def dashboard_state(request: Request) -> Response:
+        return JSONResponse(state.snapshot(window_param(request)), headers={"Cache-Control": "no-store"})
+
+    return state

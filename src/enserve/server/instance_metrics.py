@@ -1,0 +1,75 @@
+"""Prometheus lines for what a backend runs: its instances (workers), batches and plan.
+
+Rendered at scrape time from each loaded ensemble's `backend.stats()`; backends without
+instances (the reference backend) add nothing. Series carry `model` (the ensemble),
+`member` (a member, or a fused group such as `fx:a+b`) and `worker` (the instance's label,
+`member#index`; not `instance`, which Prometheus sets to the scraped target).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from enserve.server.metrics import _family, _labels
+
+_INSTANCE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("enserve_instance_rows", "Rows (samples) the instance computed", "rows"),
+    ("enserve_instance_tasks", "Batches (chunks) the instance computed", "tasks"),
+    ("enserve_instance_failures", "Tasks that failed on the instance", "failures"),
+    ("enserve_instance_restarts", "Times the instance's worker process was restarted", "restarts"),
+)
+
+
+def _share(instance: dict[str, Any]) -> str:
+    share = instance.get("share", instance.get("threads"))
+    return "" if share is None else f"{float(share):g}"
+
+
+def instance_lines(backends: Iterable[tuple[str, Any]]) -> list[str]:
+    """Lines for every `(ensemble name, backend)` whose stats list instances."""
+    stats: list[tuple[str, dict[str, Any]]] = []
+    for name, backend in backends:
+        try:
+            found = backend.stats()
+        except Exception:  # a backend shutting down: nothing to report for it now
+            continue
+        if isinstance(found, dict) and isinstance(found.get("instances"), list):
+            stats.append((name, found))
+    if not stats:
+        return []
+
+    def ids(model: str, inst: dict[str, Any]) -> dict[str, str]:
+        return {"model": model, "member": str(inst.get("member", "")), "worker": str(inst.get("label", ""))}
+
+    lines = _family("enserve_instance_info", "A planned instance (value 1): its device, batch and share",
+                    "gauge", [
+                        (_labels(**ids(m, i), device=str(i.get("device", "")),
+                                 variant=str(i.get("variant") or "default"),
+                                 batch_size=str(i.get("batch_size", "")), share=_share(i)), 1.0)
+                        for m, s in stats for i in s["instances"]
+                    ])
+    lines += _family("enserve_instance_up", "1 while the instance's worker is ready, else 0", "gauge", [
+        (_labels(**ids(m, i)), 1.0 if i.get("state") == "ready" else 0.0)
+        for m, s in stats for i in s["instances"]
+    ])
+    lines += _family("enserve_instance_busy_seconds",
+                     "Seconds the instance spent computing (its rate is the utilization)", "counter", [
+                         (_labels(**ids(m, i)),
+                          float(i.get("utilization", 0.0)) * float(s.get("uptime_s", 0.0)))
+                         for m, s in stats for i in s["instances"]
+                     ])
+    for name, help_text, key in _INSTANCE_COUNTERS:
+        lines += _family(name, help_text, "counter", [
+            (_labels(**ids(m, i)), float(i.get(key, 0))) for m, s in stats for i in s["instances"]
+        ])
+    lines += _family("enserve_engine_batches", "Ensemble-level batches the engine formed", "counter",
+                     [(_labels(model=m), float(s.get("batches", 0))) for m, s in stats])
+    lines += _family("enserve_engine_queue_depth", "Requests waiting in the engine's queue", "gauge",
+                     [(_labels(model=m), float(s.get("queue_depth", 0))) for m, s in stats])
+    predicted = [(_labels(model=m), float(s["predicted_throughput"])) for m, s in stats
+                 if isinstance(s.get("predicted_throughput"), int | float)]
+    if predicted:
+        lines += _family("enserve_plan_predicted_throughput",
+                         "Samples/s the plan's cost model predicts for the ensemble", "gauge", predicted)
+    return lines
