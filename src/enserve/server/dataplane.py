@@ -19,7 +19,7 @@ from enserve.policies.parameters import RequestPolicy
 from enserve.result import validate_inputs
 from enserve.server.backend import Outcome, Timing
 from enserve.server.errors import Code, ServerError, as_server_error
-from enserve.server.instance_metrics import instance_lines
+from enserve.server.instance_metrics import BackendStats, instance_lines
 from enserve.server.limits import Admission, Limits
 from enserve.server.metrics import Metrics
 from enserve.server.policy import PolicyFiles, PolicyOutcome, run_policy
@@ -53,7 +53,9 @@ class DataPlane:
         self.stats = StatsBook()
         residency = getattr(repository, "residency", None)  # a BudgetedRepository's
         self.metrics = Metrics(self.stats, residency.stats if residency is not None else None)
-        self.metrics.sources.append(lambda: instance_lines((e.name, e.backend) for e in repository.loaded()))
+        self.backend_stats = BackendStats()
+        self.metrics.sources.append(
+            lambda: instance_lines(((e.name, e.backend) for e in repository.loaded()), self.backend_stats))
         self.repository_token = repository_token
         self.backend_name = backend_name
         self.policies = PolicyFiles()

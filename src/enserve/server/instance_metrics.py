@@ -8,7 +8,8 @@ instances (the reference backend) add nothing. Series carry `model` (the ensembl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from enserve.server.metrics import _family, _labels
@@ -26,15 +27,39 @@ def _share(instance: dict[str, Any]) -> str:
     return "" if share is None else f"{float(share):g}"
 
 
-def instance_lines(backends: Iterable[tuple[str, Any]]) -> list[str]:
-    """Lines for every `(ensemble name, backend)` whose stats list instances."""
-    stats: list[tuple[str, dict[str, Any]]] = []
-    for name, backend in backends:
+class BackendStats:
+    """`backend.stats()` at most once per `max_age_s` for each backend, so a `/metrics`
+    scrape and the dashboard's snapshot built from it share one call (the engine's takes
+    its lock and sorts its latency samples)."""
+
+    def __init__(self, max_age_s: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._memo: dict[int, tuple[float, Any, dict[str, Any]]] = {}
+
+    def of(self, backend: Any) -> dict[str, Any]:
+        """The backend's stats ({} when it has none or is shutting down)."""
+        now = self.clock()
+        memo = self._memo.get(id(backend))
+        if memo is not None and memo[1] is backend and now - memo[0] <= self.max_age_s:
+            return memo[2]
         try:
             found = backend.stats()
         except Exception:  # a backend shutting down: nothing to report for it now
-            continue
-        if isinstance(found, dict) and isinstance(found.get("instances"), list):
+            found = {}
+        stats = found if isinstance(found, dict) else {}
+        self._memo = {k: v for k, v in self._memo.items() if now - v[0] <= self.max_age_s}
+        self._memo[id(backend)] = (now, backend, stats)
+        return stats
+
+
+def instance_lines(backends: Iterable[tuple[str, Any]], source: BackendStats | None = None) -> list[str]:
+    """Lines for every `(ensemble name, backend)` whose stats list instances."""
+    source = source or BackendStats(max_age_s=0.0)
+    stats: list[tuple[str, dict[str, Any]]] = []
+    for name, backend in backends:
+        found = source.of(backend)
+        if isinstance(found.get("instances"), list):
             stats.append((name, found))
     if not stats:
         return []

@@ -33,15 +33,16 @@ class Samples:
 
     values: dict[str, dict[Labels, float]] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)
+    _as_dicts: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict, repr=False)
 
     def series(self, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
         """(labels, value) of every sample named `name` whose labels include `match`."""
-        out = []
-        for labels, value in self.values.get(name, {}).items():
-            as_dict = dict(labels)
-            if all(as_dict.get(k) == v for k, v in match.items()):
-                out.append((as_dict, value))
-        return out
+        every = self._as_dicts.get(name)
+        if every is None:
+            every = self._as_dicts[name] = [(dict(k), v) for k, v in self.values.get(name, {}).items()]
+        items = match.items()
+        return [(labels, value) for labels, value in every
+                if all(labels.get(k) == v for k, v in items)]
 
     def total(self, name: str, **match: str) -> float:
         """Sum of the matching samples (0.0 when there are none)."""

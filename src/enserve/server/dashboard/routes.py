@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from enserve.server.dashboard.state import DashboardState
 from enserve.server.errors import ServerError
@@ -50,6 +51,11 @@ def add_dashboard(app: FastAPI, plane: DataPlane, window_s: float = 10.0) -> Das
 
     @app.get("/dashboard/state")
     async def dashboard_state(request: Request) -> Response:
-        return JSONResponse(state.snapshot(window_param(request)), headers={"Cache-Control": "no-store"})
+        started = time.perf_counter()
+        window = window_param(request)
+        body = json.dumps(state.snapshot(window), allow_nan=False, separators=(",", ":")).encode()
+        took_ms = (time.perf_counter() - started) * 1000
+        return Response(body, media_type="application/json",
+                        headers={"Cache-Control": "no-store", "Server-Timing": f"snapshot;dur={took_ms:.2f}"})
 
     return state

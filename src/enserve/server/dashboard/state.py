@@ -9,6 +9,7 @@ pick up known names (e.g. `enserve_member_lateness_seconds` when a policy export
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -49,15 +50,16 @@ class DashboardState:
         self.history.add(now)
         samples = now.samples
         loaded = {e.name: e for e in self.plane.repository.loaded()}
-        backend_stats = {name: _stats(e.backend) for name, e in loaded.items()}
+        backend_stats = {name: self.plane.backend_stats.of(e.backend) for name, e in loaded.items()}
+        index = self.plane.repository.index()
         ensembles = [
             self._ensemble(row, loaded.get(row["name"]), backend_stats.get(row["name"], {}), window)
-            for row in self.plane.repository.index()
+            for row in index
         ]
         return {
             "server": self._server(samples, window),
             "ensembles": ensembles,
-            "residency": self._residency(samples, loaded),
+            "residency": self._residency(samples, loaded, index),
             "metrics": _families(samples),
         }
 
@@ -203,12 +205,13 @@ class DashboardState:
         _lateness(rows, name, window)
         return rows
 
-    def _residency(self, samples: Samples, loaded: dict[str, Any]) -> dict[str, Any]:
+    def _residency(self, samples: Samples, loaded: dict[str, Any],
+                   index: list[dict[str, str]]) -> dict[str, Any]:
         residency = getattr(self.plane.repository, "residency", None)
         swap = residency.stats() if residency is not None else None
         disabled: set[str] = getattr(self.plane.repository, "disabled", set())
         models = []
-        for row in self.plane.repository.index():
+        for row in index:
             name = row["name"]
             entry = swap.models.get(name) if swap is not None else None
             if name in loaded:
@@ -243,14 +246,6 @@ class DashboardState:
 
 
 # --- helpers ---------------------------------------------------------------------------
-def _stats(backend: Any) -> dict[str, Any]:
-    try:
-        stats = backend.stats()
-    except Exception:  # shutting down
-        return {}
-    return stats if isinstance(stats, dict) else {}
-
-
 def _memory(backend: Any) -> int:
     try:
         return int(backend.memory_bytes())
@@ -305,7 +300,7 @@ def _families(samples: Samples) -> list[dict[str, Any]]:
             continue
         names = ([f"{family.name}_count", f"{family.name}_sum"] if family.kind == "histogram"
                  else [family.name, f"{family.name}_total"])
-        series = [{"name": n, "labels": dict(labels), "value": value}
+        series = [{"name": n, "labels": dict(labels), "value": value if math.isfinite(value) else None}
                   for n in names for labels, value in samples.values.get(n, {}).items()]
         if series:
             out.append({"name": family.name, "type": family.kind, "help": family.help, "series": series})
