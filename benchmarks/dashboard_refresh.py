@@ -1,6 +1,7 @@
 """How long one dashboard refresh takes while the server is under load.
 
     .venv/bin/python benchmarks/dashboard_refresh.py [--rate 1000] [--seconds 20] [--procs 2]
+        [--plan plan.json] [--screenshot docs/images/dashboard.png]
 
 Starts `enserve serve examples --model digits` (engine backend) on free ports, then:
 1. idle: polls `GET /dashboard/state` once a second (as the page does) for a few seconds;
@@ -11,7 +12,9 @@ Starts `enserve serve examples --model digits` (engine backend) on free ports, t
 For each refresh it records the round trip seen by the client and the server's own time to
 build and encode the snapshot (`Server-Timing: snapshot;dur=`). Prints one JSON line and a
 table; the load reached is reported next to the refresh times (a 2-core machine shared
-with the server cannot offer 1,000 requests/s: say what was reached).
+with the server cannot offer 1,000 requests/s: say what was reached). `--plan` serves digits
+from a copy of its folder with that plan; `--screenshot` photographs the page (headless
+Chromium) halfway through the loaded phase.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,9 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(workdir: Path, repo: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port_file = workdir / "ports.json"
-    args = [sys.executable, "-m", "enserve.cli", "serve", str(ROOT / "examples"), "--model", "digits",
+    args = [sys.executable, "-m", "enserve.cli", "serve", str(repo), "--model", "digits",
             "--http-port", "0", "--grpc-port", "-1", "--metrics-port", "-1", "--port-file",
             str(port_file), "--log-level", "warning", "--max-pending", "4096", *extra]
     log = (workdir / "server.log").open("wb")
@@ -111,6 +115,18 @@ def poll(port: int, seconds: float, out: list[tuple[float, float]]) -> None:
             time.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
 
 
+def take_screenshot(port: int, path: Path) -> None:
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if browser is None:
+        raise SystemExit("--screenshot needs Chromium (scripts/setup_browser.sh)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="enserve-chromium-") as profile:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", "--window-size=1400,1500", "--virtual-time-budget=6000",
+                        f"--screenshot={path}", f"http://127.0.0.1:{port}/dashboard"],
+                       check=True, capture_output=True, timeout=120)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values)
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
@@ -136,10 +152,19 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="load processes")
     parser.add_argument("--connections", type=int, default=16, help="connections per load process")
     parser.add_argument("--backend", default="engine", choices=("engine", "reference"))
+    parser.add_argument("--plan", type=Path, help="serve digits with this plan.json")
+    parser.add_argument("--screenshot", type=Path, help="PNG of the page taken under load")
+    parser.add_argument("--server-args", default="", help="more `enserve serve` options")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="enserve-dash-bench-") as tmp:
-        server, port = start_server(Path(tmp), "--backend", args.backend)
+        repo = ROOT / "examples"
+        if args.plan is not None:
+            repo = Path(tmp) / "repo"
+            shutil.copytree(ROOT / "examples" / "digits", repo / "digits")
+            shutil.copy(args.plan, repo / "digits" / "plan.json")
+            shutil.copytree(ROOT / "examples" / "imagenet6", repo / "imagenet6")  # listed, not loaded
+        server, port = start_server(Path(tmp), repo, "--backend", args.backend, *args.server_args.split())
         try:
             warm = httpx.post(f"http://127.0.0.1:{port}/v2/models/digits/infer", timeout=60,
                               json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
@@ -158,6 +183,9 @@ def main() -> None:
             poller = threading.Thread(target=poll, args=(port, args.seconds, loaded))
             time.sleep(1.0)  # let the load ramp up before the first loaded refresh
             poller.start()
+            if args.screenshot is not None:
+                time.sleep(args.seconds / 2)
+                take_screenshot(port, args.screenshot)
             counts = [queue.get(timeout=args.seconds + 120) for _ in procs]
             elapsed = time.monotonic() - t0 - 0.2
             for p in procs:

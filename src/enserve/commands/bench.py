@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from enserve.errors import EnserveError
 from enserve.spec import load_spec
+
+SWEEP_BASELINES = ("sequential", "sequential-fast", "naive")
+"""What `--sweep` compares against when no `--baseline` is given."""
 
 
 def register(sub: Any) -> None:
@@ -58,9 +62,12 @@ def register(sub: Any) -> None:
     p.add_argument("--no-pin", action="store_true",
                    help="engine: let the OS place workers (no core pinning or core locks)")
     p.add_argument("--request-rows", type=int, default=1, help="samples per request")
-    p.add_argument("--sweep", action="store_true", help="run a range of levels and plot")
+    p.add_argument("--sweep", action="store_true",
+                   help="run a range of levels and plot latency against throughput (with every "
+                        "baseline unless --baseline names some)")
     p.add_argument("--levels", help="sweep levels, comma-separated (concurrencies or rates)")
-    p.add_argument("--plot", default="bench-sweep.png", help="sweep PNG path")
+    p.add_argument("--plot", default=None,
+                   help="sweep PNG path (default bench-sweep.png); implies --sweep")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=run)
@@ -95,11 +102,14 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     report: dict[str, Any]
-    if args.sweep:
+    if args.sweep or args.plot:  # asking for a plot is asking for the sweep that draws it
+        if not cfg.baselines:  # a sweep is a comparison: draw every baseline unless told
+            cfg = replace(cfg, baselines=list(SWEEP_BASELINES))
         levels = ([float(x) for x in args.levels.split(",")] if args.levels
                   else default_levels(cfg))
         report = run_sweep(spec, plan, cfg, levels, profile, progress)
-        report["plot"] = str(plot_sweep(report, args.plot, f"{spec.name} ({cfg.mode} loop)"))
+        report["plot"] = str(plot_sweep(report, args.plot or "bench-sweep.png",
+                                        f"{spec.name} ({cfg.mode} loop)"))
     else:
         report = run_bench(spec, plan, cfg, profile, progress)
     text = json.dumps(report, indent=2, default=str)
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text + "\n")
     if args.json:
         print(text)
-    elif args.sweep:
+    elif "reports" in report:
         for r in report["reports"]:
             _print_table(r)
         print(f"plot: {report['plot']}")

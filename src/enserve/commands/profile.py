@@ -177,7 +177,9 @@ def print_summary(data: dict[str, Any]) -> None:
     modelled = any(e.get("modelled") for e in data["entries"])
     columns = ["member", "variant", "device", "share", "batch", "latency ms", "memory MB"]
     for column in columns + (["source"] if modelled else []):
-        table.add_column(column, justify="left" if column in ("member", "variant") else "right")
+        text = column in ("member", "variant")  # long fused-group names wrap, never cut
+        table.add_column(column, justify="left" if text else "right",
+                         overflow="fold" if text else "ellipsis", no_wrap=not text)
     for e in data["entries"]:
         row = [e["member"], str(e.get("variant")), e["device"], f"{e['share']:g}",
                str(e["batch_size"]), f"{e['latency_s'] * 1e3:.2f}",

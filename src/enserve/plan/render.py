@@ -44,14 +44,18 @@ def print_plan(plan: Plan, report: CostReport, console: Any) -> None:
         busy = report.device_compute_used.get(device_id, 0.0)
         flag = "\ntime-shared" if device_id in report.time_shared else ""
         return (f"{_gib(used)}\nof {_gib(memory)}",
-                f"{share:g} ({busy:.3g} busy)\nof {json_number(units)}{flag}")
+                f"{share:g} of {json_number(units)}\n{busy:.3g} busy{flag}")
 
-    table = Table(title=f"{plan.algorithm} plan, objective {plan.objective}", show_lines=True,
-                  caption="cell: instances x b<batch size> s<share> <variant>")
+    table = Table(title=f"{plan.algorithm} plan ({plan.objective})", show_lines=True,
+                  caption="n x b<batch> s<share>")
+
+    def heading(d: Any) -> str:
+        return d.id if d.kind in d.id else f"{d.id}\n{d.kind}"  # "cuda:0" says its kind
+
     if len(members) >= len(devices):
         table.add_column("member", style="bold")
         for d in devices:
-            table.add_column(f"{d.id}\n{d.kind}")
+            table.add_column(heading(d))
         for m in members:
             table.add_row(m, *[cell(d.id, m) for d in devices])
         sums = [totals(d.id, d.compute_units, d.memory_bytes) for d in devices]
@@ -64,7 +68,7 @@ def print_plan(plan: Plan, report: CostReport, console: Any) -> None:
         table.add_column("memory")
         table.add_column("shares")
         for d in devices:
-            table.add_row(f"{d.id}\n{d.kind}", *[cell(d.id, m) for m in members],
+            table.add_row(heading(d), *[cell(d.id, m) for m in members],
                           *totals(d.id, d.compute_units, d.memory_bytes))
     console.print(table)
     console.print(
@@ -75,7 +79,8 @@ def print_plan(plan: Plan, report: CostReport, console: Any) -> None:
 
 
 def save_heatmap(plan: Plan, path: str | Path) -> None:
-    """Instances per (device, member) as a colour grid, configurations written in the cells."""
+    """The allocation matrix as a picture: members down, devices across; each cell's colour is
+    the share of the device its instances hold, its text the instances (`1x b8 s0.5 onnx`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,25 +88,36 @@ def save_heatmap(plan: Plan, path: str | Path) -> None:
     import numpy as np
 
     members = plan.member_names()
-    devices = [d.id for d in plan.devices]
+    devices = list(plan.devices)
     matrix = plan.allocation_matrix()
-    counts = np.array([[len(matrix.get((d, m), [])) for m in members] for d in devices])
-    width = max(4.0, 1.3 * len(members) + 2)
-    height = max(2.5, 0.8 * len(devices) + 1.5)
+    held = np.array([[sum(i.share for i in matrix.get((d.id, m), [])) / (d.compute_units or 1.0)
+                      for d in devices] for m in members])
+    shown = np.ma.masked_where(held <= 0, held)
+    width = max(4.5, 2.1 * len(devices) + 2.8)
+    height = max(2.6, 0.55 * len(members) + 1.6)
     fig, ax = plt.subplots(figsize=(width, height))
-    image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, int(counts.max())), aspect="auto")
-    ax.set_xticks(range(len(members)), labels=members, rotation=45, ha="right")
-    ax.set_yticks(range(len(devices)), labels=devices)
-    for r, d in enumerate(devices):
-        for c, m in enumerate(members):
-            text = "\n".join(cell_lines(matrix.get((d, m), [])))
+    top = max(1.0, float(held.max()))
+    image = ax.imshow(shown, cmap="YlOrRd", vmin=0, vmax=top, aspect="auto")
+    ax.set_facecolor("#f4f6f9")
+    labels = [d.id if d.kind in d.id else f"{d.id}\n{d.kind}" for d in devices]
+    ax.set_xticks(range(len(devices)), labels=labels)
+    ax.set_yticks(range(len(members)), labels=members)
+    ax.set_xlabel("device")
+    ax.set_ylabel("member")
+    ax.set_xticks(np.arange(-0.5, len(devices)), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(members)), minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="minor", length=0)
+    for r, m in enumerate(members):
+        for c, d in enumerate(devices):
+            text = "\n".join(cell_lines(matrix.get((d.id, m), [])))
             if text:
-                dark = counts[r, c] > counts.max() / 2
-                ax.text(c, r, text, ha="center", va="center", fontsize=7,
+                dark = held[r, c] > 0.6 * top
+                ax.text(c, r, text, ha="center", va="center", fontsize=8,
                         color="white" if dark else "black")
-    fig.colorbar(image, ax=ax, label="instances")
-    ax.set_title(f"{plan.algorithm} ({plan.objective}): {plan.predicted.throughput:.4g} samples/s, "
-                 f"{plan.predicted.latency_s * 1000:.4g} ms", fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of the device")
+    ax.set_title(f"{plan.algorithm} plan ({plan.objective}): predicted {plan.predicted.throughput:.4g} "
+                 f"samples/s, {plan.predicted.latency_s * 1000:.4g} ms per batch", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

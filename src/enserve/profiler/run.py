@@ -48,10 +48,13 @@ def _progress(enabled: bool) -> Any:
         Progress,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled, transient=False)
+    # Fixed-width columns first and the (long, changing) setting last, so the bar stays put.
+    return Progress(BarColumn(bar_width=28), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                    disable=not enabled, transient=False)
 
 
 def profile_spec(
@@ -209,7 +212,7 @@ class _RunPlan:
             return results
         task_id = bar.add_task("admission checks", total=len(todo))
         for name, v in todo:
-            bar.update(task_id, description=f"check {name} as {v}")
+            bar.update(task_id, description=f"admission check: {name} as {v}")
             got: dict[str, Any] = {}
             errors: list[str] = []
 
@@ -232,6 +235,7 @@ class _RunPlan:
                 self.notes.append(f"{name}: variant '{v}' not admitted: {got.get('reason')}")
             results[(name, v)] = got
             bar.advance(task_id)
+        bar.update(task_id, description=f"admission checks done ({len(todo)} run)")
         return results
 
     def _entry_key(self, member: str, variant: str, device: Device, share: float,
@@ -276,8 +280,8 @@ class _RunPlan:
             return _sorted_entries(entries)
         task_id = bar.add_task("measuring", total=sum(len(t.batch_sizes) for t, _, _ in tasks))
         for task, device, weights in tasks:
-            bar.update(task_id, description=f"{task.member} as {task.variant} on {device.id} "
-                                            f"share {task.share:g}")
+            bar.update(task_id, description=f"measuring {task.member} as {task.variant} on "
+                                            f"{device.id}, share {task.share:g}")
 
             def on_message(kind: str, payload: Any, device: Device = device,
                            weights: int | None = weights, task: Task = task) -> None:
@@ -299,6 +303,7 @@ class _RunPlan:
                         f"{task.share:g}: {payload}")
 
             run_task(task, on_message)
+        bar.update(task_id, description=f"measured {len(tasks)} settings")
         return _sorted_entries(entries)
 
 
