@@ -15,13 +15,13 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from browser import dump_dom, find_chromium, keyed_text, screenshot
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from server_fixtures import RunningServer, start_server
 from tritonclient.utils import InferenceServerException
 
 from enserve.server.engine_backend import engine_available
+from tests.helpers.browser import dump_dom, find_chromium, keyed_text, screenshot
+from tests.helpers.server import RunningServer, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCHES = (1, 2, 4, 8, 3)

@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from server_fixtures import RunningServer
 
 from enserve.server.app import EnserveServer, ServerConfig
 from enserve.server.dashboard.history import History, Scrape
 from enserve.server.dashboard.promtext import parse, quantile
 from enserve.server.metrics import Metrics
 from enserve.server.stats import StatsBook
+from tests.helpers.server import RunningServer
 
 
 def test_parse_reads_back_what_metrics_renders() -> None:
