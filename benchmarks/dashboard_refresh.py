@@ -10,7 +10,9 @@ Starts `enserve serve examples --model digits` (engine backend) on free ports, t
    that falls behind its schedule sends at once, so the offered load is the most the
    clients and server reach when they cannot keep up).
 For each refresh it records the round trip seen by the client and the server's own time to
-build and encode the snapshot (`Server-Timing: snapshot;dur=`). Prints one JSON line and a
+build and encode the snapshot and the CPU time its thread spent on it (`Server-Timing:
+snapshot;dur=…, cpu;dur=…`: on a busy machine the wall time grows with the load, the CPU
+time does not). Prints one JSON line and a
 table; the load reached is reported next to the refresh times (a 2-core machine shared
 with the server cannot offer 1,000 requests/s: say what was reached). `--plan` serves digits
 from a copy of its folder with that plan; `--screenshot` photographs the page (headless
@@ -101,8 +103,8 @@ def _load_process(port: int, rate: float, connections: int, seconds: float, queu
 
 
 # --- the dashboard's refreshes --------------------------------------------------------------
-def poll(port: int, seconds: float, out: list[tuple[float, float]]) -> None:
-    """One `GET /dashboard/state` a second: (round trip ms, server snapshot ms)."""
+def poll(port: int, seconds: float, out: list[tuple[float, float, float]]) -> None:
+    """One `GET /dashboard/state` a second: (round trip ms, server snapshot ms, its CPU ms)."""
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -110,8 +112,9 @@ def poll(port: int, seconds: float, out: list[tuple[float, float]]) -> None:
             response = client.get("/dashboard/state")
             rtt = (time.perf_counter() - t0) * 1000
             response.raise_for_status()
-            server_ms = float(response.headers["server-timing"].split("dur=")[1])
-            out.append((rtt, server_ms))
+            header = response.headers["server-timing"]
+            timing = dict(part.strip().split(";dur=") for part in header.split(","))
+            out.append((rtt, float(timing["snapshot"]), float(timing["cpu"])))
             time.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
 
 
@@ -170,13 +173,13 @@ def main() -> None:
                               json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
                                                 "data": [0.5] * 64}]})
             warm.raise_for_status()
-            idle: list[tuple[float, float]] = []
+            idle: list[tuple[float, float, float]] = []
             poll(port, args.idle_seconds, idle)
 
             queue: mp.Queue = mp.Queue()
             procs = [mp.Process(target=_load_process, args=(port, args.rate / args.procs, args.connections,
                                                             args.seconds, queue)) for _ in range(args.procs)]
-            loaded: list[tuple[float, float]] = []
+            loaded: list[tuple[float, float, float]] = []
             t0 = time.monotonic()
             for p in procs:
                 p.start()
@@ -202,8 +205,9 @@ def main() -> None:
         "offered_rate": args.rate,
         "reached_rate": ok / elapsed,
         "failed": failed,
-        **{phase: {"round_trip_ms": summary([r for r, _ in polls]),
-                   "server_ms": summary([s for _, s in polls])}
+        **{phase: {"round_trip_ms": summary([p[0] for p in polls]),
+                   "server_ms": summary([p[1] for p in polls]),
+                   "server_cpu_ms": summary([p[2] for p in polls])}
            for phase, polls in (("idle", idle), ("loaded", loaded))},
     }
     print(json.dumps(result))
@@ -212,7 +216,8 @@ def main() -> None:
           f"({ok} answered, {failed} failed, {elapsed:.1f} s)")
     print(f"{'refresh':<10}{'phase':<8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'n':>5}")
     for phase in ("idle", "loaded"):
-        for what, label in (("round_trip_ms", "client"), ("server_ms", "server")):
+        rows = (("round_trip_ms", "client"), ("server_ms", "server"), ("server_cpu_ms", "srv CPU"))
+        for what, label in rows:
             s = result[phase][what]
             print(f"{label:<10}{phase:<8}{s['p50']:>9.1f}{s['p99']:>9.1f}{s['max']:>9.1f}{s['n']:>5}")
 
