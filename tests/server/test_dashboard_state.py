@@ -145,3 +145,22 @@ def test_no_dashboard_flag(repo: Path) -> None:
 
     assert asyncio.run(main(False)) == (404, 404)
     assert asyncio.run(main(True)) == (200, 200)
+
+
+def test_policy_counters_reach_the_snapshot() -> None:
+    from types import SimpleNamespace
+
+    from enserve.server.dashboard.state import _policies
+
+    metrics = Metrics(StatsBook())
+    metrics.observe_policy("m", SimpleNamespace(stage_rows=[6, 3], late=["slow"]))
+    metrics.observe_policy("m", SimpleNamespace(stage_rows=[2, 0], late=[]))
+    metrics.observe_deadline_exceeded("m")
+    history = History()
+    history.add(Scrape(0.0, parse(Metrics(StatsBook()).render().decode())))
+    window = history.window(Scrape(2.0, parse(metrics.render().decode())))
+    found = _policies("m", window)
+    assert found is not None
+    assert [(s["stage"], s["total"], s["per_s"]) for s in found["stage_answers"]] == [("0", 8, 4), ("1", 3, 1.5)]
+    assert found["partial_answers"]["total"] == 1 and found["deadline_exceeded"]["total"] == 1
+    assert _policies("other", window) is None

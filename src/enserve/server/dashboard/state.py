@@ -134,6 +134,7 @@ class DashboardState:
                 for key in ("queue", "compute_input", "compute_infer", "compute_output", "request")
             },
             "members": self._members(name, members, instances, window),
+            "policies": _policies(name, window),
             "instances": instances,
             "plan": _plan(instances, stats, per_s(rows)),
         }
@@ -201,6 +202,8 @@ class DashboardState:
                 "restarts": sum(int(i["restarts"]) for i in mine),
                 "failures": sum(int(i["failures"]) for i in mine),
                 "inferences": s.total("nv_inference_count", model=f"{name}.{unit}"),
+                "missed_deadlines": (s.total("enserve_member_late_total", model=name, member=unit)
+                                     if s.series("enserve_member_late_total", model=name) else None),
             })
         _lateness(rows, name, window)
         return rows
@@ -268,6 +271,28 @@ def _lateness(rows: list[dict[str, Any]], name: str, window: Window) -> None:
             p50 = r["latency"]["p50_s"]
             r["lateness_s"] = p50 - fastest if p50 is not None and fastest is not None else None
             r["lateness_source"] = "p50 over the fastest member's"
+
+
+def _policies(name: str, window: Window) -> dict[str, Any] | None:
+    """What the ensemble's policies did (cascade stages, deadline answers), where the
+    server counts them; None when it exports none of these counters."""
+    s = window.now.samples
+    names = ("enserve_cascade_answers_total", "enserve_partial_answers_total",
+             "enserve_deadline_exceeded_total")
+    if not any(s.series(n, model=name) for n in names):
+        return None
+
+    def counted(sample: str, **match: str) -> dict[str, float | None]:
+        return {"total": s.total(sample, model=name, **match),
+                "per_s": window.rate(sample, model=name, **match)}
+
+    stages = sorted({labels.get("stage", "") for labels, _ in s.series(names[0], model=name)},
+                    key=lambda x: (len(x), x))
+    return {
+        "stage_answers": [{"stage": stage, **counted(names[0], stage=stage)} for stage in stages],
+        "partial_answers": counted(names[1]),
+        "deadline_exceeded": counted(names[2]),
+    }
 
 
 def _plan(instances: list[dict[str, Any]], stats: dict[str, Any], rows_per_s: float | None) -> dict[str, Any]:
