@@ -64,9 +64,10 @@ def _kick(problem: Problem, counts: IntArray, rng: np.random.Generator) -> IntAr
     return counts
 
 
-def greedy(problem: Problem, seed: int = 0) -> IntArray:
+def greedy(problem: Problem, seed: int = 0, share_search_on: bool = True) -> IntArray:
     """Pochelu's worst-fit + hill climbing, with extra starts and perturbations (see the
-    module docstring). Deterministic for a given `seed`."""
+    module docstring). Deterministic for a given `seed`. `share_search_on=False` skips the
+    share search of hard shares (for the ablation in benchmarks/planner_quality.py)."""
     rng = np.random.default_rng(seed)
     large = problem.n_members > THOROUGH_MEMBERS or problem.n_devices > THOROUGH_DEVICES
     start = worst_fit_decreasing(problem)
@@ -95,7 +96,8 @@ def greedy(problem: Problem, seed: int = 0) -> IntArray:
             consider(climb(problem, greedy(free, seed)))
     for _ in range(1 if large else KICKS):
         consider(climb(problem, _kick(problem, best, rng)))
-    best = share_search.improve(problem, best)  # hard shares: re-allocate whole devices
+    if share_search_on:  # hard shares: re-allocate whole devices (enserve.plan.share_search)
+        best = share_search.improve(problem, best)
     best = climb(problem, best, clean=True)
     require_feasible(problem, best)
     return best
