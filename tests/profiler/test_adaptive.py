@@ -4,6 +4,7 @@ that disagreements between model and measurement change the plan."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,3 +173,25 @@ def test_failed_measurements_are_not_retried() -> None:
     asked = [s for call in machine.calls for s in call if s[4] == 16]
     assert len(asked) == len(set(asked))
     assert result.plan is not None
+
+
+@pytest.mark.slow
+def test_enserve_profile_adaptive_on_a_real_tiny_ensemble(tiny_spec_path: Path,
+                                                          tmp_path: Path) -> None:
+    """End to end: admission checks and measurements in child processes, the rest modelled."""
+    from enserve.cli import main
+    from enserve.formats.profile import load_profile
+
+    out = tmp_path / "profile.json"
+    code = main(["profile", str(tiny_spec_path), "--adaptive", "--variants", "eager",
+                 "--batch-sizes", "1,2,4,8", "--shares", "1", "--cache-dir",
+                 str(tmp_path / "cache"), "--no-progress", "--budget-s", "60",
+                 "--out", str(out)])
+    assert code == 0
+    written = load_profile(out)
+    modelled = [e for e in written.entries if getattr(e, "modelled", False)]
+    assert len(written.entries) == 2 * 4  # two members x four batch sizes x one share
+    assert 0 < len(modelled) < len(written.entries)
+    adaptive_meta = written.meta["adaptive"]  # type: ignore[attr-defined]
+    assert adaptive_meta["measured_settings"] + adaptive_meta["modelled_settings"] == 8
+    plan(written, "greedy")  # the profile plans
