@@ -111,7 +111,10 @@ def test_a_modelled_setting_that_measures_slow_is_replaced_in_the_plan() -> None
 
     machine = FakeMachine(truth)
     variants = {"a": ("eager",), "b": ("eager",)}
-    result = adaptive(machine, variants).run()
+    seen: list[Plan] = []
+    result = adaptive(machine, variants, on_plan=seen.append).run()
+    assert len(seen) >= 2  # the first plan, then the changed one
+    assert settings_of(seen[-1]) == settings_of(result.plan)
     first = result.rounds[0]
     assert first.reason == "plan uses modelled settings"
     cliff = {s for s in first.measured if s[0] == "a" and s[4] == 16}

@@ -20,6 +20,9 @@ new machine. The planner needs far fewer points to choose well, if the rest are 
    `budget_s` is spent.
 
 Measured entries are never overwritten by the model; modelled ones carry `"modelled": true`.
+`on_plan` is called with the first plan and with every plan that differs from the one
+before: a caller running `run()` in a thread can serve the first plan at once and switch
+when refinement changes it (no server does that yet).
 Everything hardware-specific sits behind `measure` (a callable from settings to measured
 entries) and `planner` (profile -> plan), so the loop is tested on hand-made profiles.
 """
@@ -105,6 +108,7 @@ class AdaptiveProfiler:
                  screen_ratio: float = 1.5, seed_batch: int = 8, max_rounds: int = 8,
                  budget_s: float | None = None, competitors_per_round: int = 12,
                  progress: Progress | None = None,
+                 on_plan: Callable[[Plan], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.skeleton = dict(skeleton)
         self.grid = grid
@@ -119,6 +123,7 @@ class AdaptiveProfiler:
         self.budget_s = budget_s
         self.competitors_per_round = competitors_per_round
         self.progress = progress
+        self.on_plan = on_plan  # called with the first plan and with every changed one
         self.clock = clock
         self.measured: dict[Setting, dict[str, Any]] = {}
         self.failed: set[Setting] = set()
@@ -264,6 +269,8 @@ class AdaptiveProfiler:
             plan = self.planner(profile)
             used = {instance_setting(i) for i in plan.instances}
             changed = previous is not None and used != previous
+            if self.on_plan is not None and (previous is None or changed):
+                self.on_plan(plan)
             previous = used
             info = Round(plan.predicted.throughput, plan.predicted.latency_s, changed, [], "")
             rounds.append(info)
