@@ -113,7 +113,10 @@ def poll(port: int, seconds: float, out: list[tuple[float, float, float]]) -> No
             rtt = (time.perf_counter() - t0) * 1000
             response.raise_for_status()
             header = response.headers["server-timing"]
-            timing = dict(part.strip().split(";dur=") for part in header.split(","))
+            if "reused" in header:  # another caller's snapshot of the last half second
+                time.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
+                continue
+            timing = dict(part.strip().split(";dur=") for part in header.split(",") if ";dur=" in part)
             out.append((rtt, float(timing["snapshot"]), float(timing["cpu"])))
             time.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
 

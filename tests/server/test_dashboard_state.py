@@ -164,3 +164,26 @@ def test_policy_counters_reach_the_snapshot() -> None:
     assert [(s["stage"], s["total"], s["per_s"]) for s in found["stage_answers"]] == [("0", 8, 4), ("1", 3, 1.5)]
     assert found["partial_answers"]["total"] == 1 and found["deadline_exceeded"]["total"] == 1
     assert _policies("other", window) is None
+
+
+def test_callers_share_one_snapshot_within_reuse_s(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+
+    from enserve.server.dashboard import add_dashboard
+    from enserve.server.dataplane import DataPlane
+    from enserve.server.repository import ModelRepository
+
+    plane = DataPlane(ModelRepository(tmp_path, lambda spec: None))  # type: ignore[arg-type,return-value]
+    app = FastAPI()
+    add_dashboard(app, plane, reuse_s=3600.0)
+
+    async def fetch() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+            return [await client.get("/dashboard/state", params={"window": w}) for w in (7, 7, 8)]
+
+    first, second, other = asyncio.run(fetch())
+    assert "cpu;dur=" in first.headers["server-timing"] and "reused" not in first.headers["server-timing"]
+    assert "reused" in second.headers["server-timing"] and second.content == first.content
+    assert "reused" not in other.headers["server-timing"]
+    assert first.json()["ensembles"] == [] and first.json()["residency"]["models"] == []
