@@ -161,6 +161,9 @@ class EnserveServer:
             tmp.write_text(json.dumps(self.ports))
             tmp.replace(cfg.port_file)
         log.info("enserve serving %s on %s: %s", cfg.repository, cfg.host, self.ports)
+        if cfg.dashboard and "http" in self.ports:
+            host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+            log.info("dashboard: http://%s:%d/dashboard", host, self.ports["http"])
 
     def _serve_http(self, app: FastAPI, port: int) -> int:
         sock = _listen(self.config.host, port)
