@@ -123,6 +123,38 @@ class MemberSpec(BaseModel):
         return self
 
 
+class AccuracySpec(BaseModel):
+    """The calibration set and tolerance that admit reduced-precision variants.
+
+    `calibration` is a `.npy` file (the spec's single input) or a mapping from input name
+    to `.npy` file, rows along the first axis; `synthetic: N` instead draws N standard
+    normal rows per input (seeded; for models with random weights, where only agreement
+    means anything). `labels` (`.npy`, integer class per row) enables `max_accuracy_drop`
+    (a fraction: 0.002 = 0.2 percentage points). `quantization_samples` rows (the first
+    ones) calibrate int8 activation ranges.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    calibration: str | dict[str, str] | None = None
+    synthetic: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    labels: str | None = None
+    min_top1_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    quantization_samples: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AccuracySpec:
+        if (self.calibration is None) == (self.synthetic is None):
+            raise ValueError("give either 'calibration' (.npy inputs) or 'synthetic' (a count)")
+        if self.max_accuracy_drop is not None and self.labels is None:
+            raise ValueError("max_accuracy_drop needs 'labels'")
+        if self.labels is not None and self.synthetic is not None:
+            raise ValueError("'labels' belong to a calibration file, not to synthetic inputs")
+        return self
+
+
 def _default_outputs() -> list[TensorSpec]:
     return [TensorSpec(name="probabilities", datatype="FP32", shape=[-1, -1])]
 
@@ -142,6 +174,7 @@ class EnsembleSpec(BaseModel):
     weights: list[float] | None = None
     top_k: int = Field(default=5, ge=1)
     return_members: bool = False
+    accuracy: AccuracySpec | None = None
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     source_file: str = Field(default="<python>", exclude=True)
 

@@ -30,7 +30,7 @@ TASK_TIMEOUT_S = 1800.0
 class Task:
     """One child process's job: check a variant, or measure it at one (device, share)."""
 
-    kind: str  # "check" | "measure"
+    kind: str  # "check" | "measure" | "calibrate"
     spec_path: str
     member: str
     variant: str
@@ -43,6 +43,7 @@ class Task:
     allow_reduced_precision: bool = False
     use_mps: bool = False
     max_seconds: float = MAX_SECONDS_PER_BATCH
+    out: str = ""  # calibrate: where to save the logits (.npy)
 
 
 def _read_status() -> dict[str, int]:
@@ -220,6 +221,12 @@ def _child_main(task: Task, conn: Connection) -> None:
         _set_up_child(task)
         if task.kind == "check":
             _check(task, send)
+        elif task.kind == "calibrate":
+            from enserve.profiler.accuracy import calibrate_in_child
+
+            calibrate_in_child(task.spec_path, task.member, task.variant, task.out,
+                               int(task.share), task.cache_dir)
+            send("calibrated", task.out)
         else:
             _measure(task, send)
     except BaseException as exc:  # report, never hang the parent
@@ -234,7 +241,7 @@ _CONTEXT: Any = None
 # instance memory) the libraries every worker process loads anyway.
 _PRELOAD = ["torch", "torchvision", "onnxruntime", "onnx", "enserve.variants.build",
             "enserve.variants.check", "enserve.variants.fused", "enserve.fusion.groups",
-            "enserve.profiler.child"]
+            "enserve.profiler.child", "enserve.profiler.accuracy"]
 
 
 def _context() -> Any:

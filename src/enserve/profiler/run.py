@@ -15,7 +15,9 @@ from enserve.errors import ProfileError
 from enserve.formats.groups import KIND_VARIANTS, group_fingerprint, is_fused_variant, parse_group_name
 from enserve.formats.profile import Profile, profile_from_dict
 from enserve.fusion.candidates import FusionGroup, fusion_candidates
+from enserve.hardware import Hardware, current_hardware
 from enserve.plan.fusion import FUSION_MODES
+from enserve.profiler import accuracy as precision_step
 from enserve.profiler.cache import ResultCache, cpu_model, device_identity
 from enserve.profiler.child import MAX_SECONDS_PER_BATCH, Task, load_average, run_task
 from enserve.profiler.settings import (
@@ -70,6 +72,9 @@ def profile_spec(
     max_seconds: float = MAX_SECONDS_PER_BATCH,
     refresh: bool = False,
     fusion: str = "auto",
+    *,
+    precision: str = "auto",
+    hardware: Hardware | None = None,
 ) -> Profile:
     """Profile every member of the spec; returns a `Profile` (see `enserve.formats.profile`).
 
@@ -83,9 +88,14 @@ def profile_spec(
     `fusion` "auto"/"on" also profiles every fusion candidate (`fusion_candidates`) as a
     member named after the group, with `covers` listing its members ("on" fails when the
     spec has none); "off" profiles the members only.
+    `precision` "auto" adds the reduced-precision variants (bf16, int8, fp16) this machine
+    runs fast when the spec has an accuracy section, admitted by the ensemble's answers
+    on its calibration set (`profile.accuracy`); "fp32" profiles none. `hardware`
+    (default: this machine's fingerprint) is stored in the profile and keys the cache.
     """
     data, _ = profile_spec_dict(spec_path, devices, batch_sizes, shares, variants, cache_dir,
-                                progress, repeats, warmup, max_seconds, refresh, fusion)
+                                progress, repeats, warmup, max_seconds, refresh, fusion,
+                                precision=precision, hardware=hardware)
     return profile_from_dict(data)
 
 
@@ -102,9 +112,15 @@ def profile_spec_dict(
     max_seconds: float = MAX_SECONDS_PER_BATCH,
     refresh: bool = False,
     fusion: str = "auto",
+    *,
+    precision: str = "auto",
+    hardware: Hardware | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """`profile_spec` as a plain JSON-ready dict, plus statistics about the run."""
     check_arguments(variants, batch_sizes, repeats, warmup)
+    if precision not in ("auto", "fp32"):
+        raise ProfileError(f"--precision: '{precision}' is not one of auto, fp32")
+    hardware = hardware or current_hardware()
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     spec_file = str(spec_path / "ensemble.yaml" if spec_path.is_dir() else spec_path)
@@ -115,7 +131,7 @@ def profile_spec_dict(
     batches = sorted({int(b) for b in batch_sizes})
     shares_by_device = {d.id: shares_for(d, shares, notes) for d in chosen_devices}
     plan = _RunPlan(spec, spec_file, cache, batches, repeats, warmup, max_seconds, stats, notes,
-                    refresh)
+                    refresh, hardware)
 
     member_variants = {m.name: variants_for(m, variants) for m in spec.members}
     for m in spec.members:
@@ -126,12 +142,15 @@ def profile_spec_dict(
             raise ProfileError(f"--variants: member '{m.name}' can run none of "
                                f"{', '.join(variants or ())}; it can run "
                                f"{', '.join(available_variants(m, include_opt_in=True))}")
+    precision_step.choose_reduced_variants(spec, member_variants, variants, precision, hardware,
+                                           [d.id for d in chosen_devices], notes)
     groups = _fusion_groups(spec, fusion, notes)
     for g in groups:
         member_variants[g.name] = list(KIND_VARIANTS[g.kind])
     load_before = load_average()
     with _progress(progress) as bar:
         checks = plan.run_checks(member_variants, bar)
+        accuracy = plan.run_accuracy(member_variants, checks, bar)
         entries = plan.run_measurements(member_variants, checks, chosen_devices,
                                         shares_by_device, bar)
     notes.extend(_contention_notes(entries))
@@ -154,6 +173,8 @@ def profile_spec_dict(
         "devices": [d.to_dict() for d in chosen_devices],
         "members": members_out,
         "entries": entries,
+        "hardware": hardware.to_json_dict(),
+        **({"accuracy": accuracy} if accuracy is not None else {}),
         "meta": {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host_cpu": cpu_model(),
@@ -183,6 +204,7 @@ class _RunPlan:
     stats: RunStats
     notes: list[str]
     refresh: bool = False
+    hardware: Hardware | None = None
 
     def _fingerprint(self, member: str) -> str:
         """A member's fingerprint, or a fused group's (kind + its members')."""
@@ -238,11 +260,58 @@ class _RunPlan:
         bar.update(task_id, description=f"admission checks done ({len(todo)} run)")
         return results
 
+    def run_accuracy(self, member_variants: Mapping[str, list[str]],
+                     checks: dict[tuple[str, str], dict[str, Any]],
+                     bar: Any) -> dict[str, Any] | None:
+        """Ensemble-level admission of the reduced variants that passed their own check."""
+        precision_step.without_accuracy_section(self.spec, checks, self.notes)
+        reduced = {m: [v for v in names if v in REDUCED_PRECISION and checks[(m, v)]["admitted"]]
+                   for m, names in member_variants.items() if parse_group_name(m) is None}
+        if not any(reduced.values()):
+            return None
+        from enserve.precision.calibration import load_calibration
+
+        digest = load_calibration(self.spec).digest
+        todo = [(m.name, precision_step.REFERENCE) for m in self.spec.members]
+        todo += [(m, v) for m, names in reduced.items() for v in names]
+        task_id = bar.add_task("calibration set", total=len(todo))
+        hardware_id = self.hardware.id if self.hardware else ""
+        cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else (os.cpu_count() or 1))
+
+        def logits_for(member: str, variant: str) -> Any:
+            import numpy as np
+
+            key = self.cache.key(kind="calibration", fp=self._fingerprint(member),
+                                 variant=variant, calibration=digest, hardware=hardware_id)
+            path = self.cache.root / "calibration" / f"{key}.npy"
+            if self.refresh or not path.is_file():
+                bar.update(task_id, description=f"calibration set: {member} as {variant}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                errors: list[str] = []
+                run_task(Task("calibrate", self.spec_file, member, variant, share=float(cores),
+                              cache_dir=str(self.cache.root.parent), out=str(path)),
+                         lambda kind, payload: errors.append(str(payload))
+                         if kind == "error" else None)
+                if errors:
+                    self.notes.append(f"{member} as {variant}: calibration run failed: "
+                                      f"{'; '.join(errors)}")
+            bar.advance(task_id)
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                return None
+
+        section = precision_step.assess_precisions(self.spec, reduced, logits_for)
+        precision_step.apply_verdict(section, checks, self.notes)
+        return section
+
     def _entry_key(self, member: str, variant: str, device: Device, share: float,
                    batch: int) -> str:
         return self.cache.key(kind="entry", fp=self._fingerprint(member),
                               device=device_identity(device), variant=variant, share=share,
-                              batch=batch, repeats=self.repeats, warmup=self.warmup)
+                              batch=batch, repeats=self.repeats, warmup=self.warmup,
+                              hardware=self.hardware.id if self.hardware else None)
 
     def run_measurements(self, member_variants: Mapping[str, list[str]],
                          checks: Mapping[tuple[str, str], Mapping[str, Any]],
@@ -259,6 +328,8 @@ class _RunPlan:
                 for device in devices:
                     if is_fused_variant(v) and device.kind != "cpu":
                         continue  # fused groups run on the CPU only
+                    if self.hardware is not None and not self.hardware.runs_fast(v, device.id):
+                        continue  # reduced precision this device does not run fast
                     for share in shares_by_device[device.id]:
                         missing = []
                         for b in self.batches:

@@ -33,22 +33,30 @@ def random_prepared_batch(
     return Preprocessor(member.preprocess)(random_request(spec, member, batch, seed))
 
 
-class CastingTorchMember(TorchMember):
-    """A torch member whose weights are in a reduced precision; inputs are cast to match."""
+class AutocastTorchMember(TorchMember):
+    """Reduced precision through autocast (oneDNN bf16 on CPU, tensor cores on CUDA) with
+    channels-last activations: weights stay fp32, convolutions and matmuls run in `dtype`."""
 
     def __init__(self, name: str, module: torch.nn.Module, preprocessor: Preprocessor,
                  variant: str, dtype: torch.dtype, device: str = "cpu") -> None:
-        super().__init__(name, module, preprocessor, variant=variant)
+        super().__init__(name, module, preprocessor, variant=variant, channels_last=True)
         self.dtype = dtype
         self.device = torch.device(device)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), \
+                torch.autocast(device_type=self.device.type, dtype=self.dtype):
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             out = self.module(x)
             out = out[0] if isinstance(out, (tuple, list)) else out
             return out.float().cpu().numpy()
+
+
+def _autocast_module(module: torch.nn.Module) -> torch.nn.Module:
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 class DeviceTorchMember(TorchMember):
@@ -145,8 +153,10 @@ def _build_torch_variant(spec: EnsembleSpec, member: MemberSpec, variant: str,
         module = fresh_module().to(memory_format=torch.channels_last)
         return TorchMember(member.name, module, pre, variant="channels_last", channels_last=True)
     if variant == "bf16":
-        return CastingTorchMember(member.name, fresh_module().to(torch.bfloat16), pre,
-                                  variant="bf16", dtype=torch.bfloat16)
+        return AutocastTorchMember(member.name, _autocast_module(fresh_module()), pre,
+                                   variant="bf16", dtype=torch.bfloat16)
+    if variant == "fp16":
+        raise ModelLoadError(f"member '{member.name}': fp16 runs on CUDA only")
     if variant == "compile":
         compiled = torch.compile(fresh_module(), options={"freezing": True})
         return TorchMember(member.name, compiled, pre, variant="compile")  # type: ignore[arg-type]
@@ -172,6 +182,26 @@ def _build_torch_variant(spec: EnsembleSpec, member: MemberSpec, variant: str,
     raise AssertionError(variant)
 
 
+def _build_int8(spec: EnsembleSpec, member: MemberSpec, threads: int,
+                cache_dir: Path | None) -> Member:
+    """ONNX Runtime QDQ int8 of the member's ONNX graph (exported first for torch members)."""
+    from enserve.variants.quantize import prepared_calibration, quantize_onnx, reduce_range_needed
+
+    pre = Preprocessor(member.preprocess)
+    rows, digest = prepared_calibration(spec, member)
+    reduce_range = reduce_range_needed()
+    if member.kind == "onnx":
+        fp32 = spec.resolve_path(member.target, f"members.{member.name}.source")
+    else:
+        fp32 = _artifact_path(spec, member, "onnx", ".onnx", cache_dir)
+        _cached(fp32, lambda tmp: export_onnx(build_torch_module(spec, member).eval(),
+                                              _example_tensor(spec, member), tmp))
+    suffix = f"-{digest[:12]}{'-rr' if reduce_range else ''}.onnx"
+    path = _artifact_path(spec, member, "int8", suffix, cache_dir)
+    _cached(path, lambda tmp: quantize_onnx(fp32, rows, tmp, reduce_range))
+    return OnnxMember(member.name, path, pre, threads=max(1, threads), variant="int8")
+
+
 def _build_cuda_variant(
     spec: EnsembleSpec, member: MemberSpec, variant: str, device: str
 ) -> Member:
@@ -187,15 +217,16 @@ def _build_cuda_variant(
         module = module.to(memory_format=torch.channels_last)
         return DeviceTorchMember(member.name, module, pre, "channels_last", device,
                                  channels_last=True)
-    if variant == "bf16":
-        return CastingTorchMember(member.name, module.to(torch.bfloat16), pre, "bf16",
-                                  torch.bfloat16, device=device)
+    if variant in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if variant == "bf16" else torch.float16
+        return AutocastTorchMember(member.name, _autocast_module(module), pre, variant,
+                                   dtype, device=device)
     if variant == "compile":
         compiled = torch.compile(module)
         return DeviceTorchMember(member.name, compiled, pre, "compile", device)  # type: ignore[arg-type]
     raise ModelLoadError(
         f"member '{member.name}': variant '{variant}' is not supported on {device} "
-        "(CUDA variants: eager, channels_last, bf16, compile)"
+        "(CUDA variants: eager, channels_last, bf16, fp16, compile)"
     )
 
 
@@ -223,6 +254,10 @@ def load_variant(
             f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
             f"'{variant}'; available: {', '.join(allowed)}"
         )
+    if variant == "int8":
+        if device != "cpu":
+            raise ModelLoadError(f"member '{member_spec.name}': int8 runs on the CPU only")
+        return _build_int8(spec, member_spec, threads, cache_dir)
     if member_spec.kind in ("onnx", "simulate"):
         return load_member(spec, member_spec, threads=max(1, threads))
     if device != "cpu":

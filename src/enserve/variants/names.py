@@ -5,11 +5,22 @@ from __future__ import annotations
 from enserve.spec import MemberSpec
 
 #: Every variant name, in the order the profiler tries them.
-VARIANTS = ("eager", "channels_last", "torchscript", "onnx", "export", "compile", "bf16")
-#: Variants used only when asked for by name: slow to build (compile) or not exact (bf16).
-OPT_IN = frozenset({"compile", "bf16"})
-#: Variants whose outputs are not expected to match fp32 within the admission tolerance.
-REDUCED_PRECISION = frozenset({"bf16"})
+VARIANTS = ("eager", "channels_last", "torchscript", "onnx", "export", "compile", "bf16", "int8",
+            "fp16")
+#: Variants used only when asked for by name (or, for reduced precision, when the spec has
+#: an accuracy section): slow to build (compile) or not exact (bf16, int8, fp16).
+OPT_IN = frozenset({"compile", "bf16", "int8", "fp16"})
+#: Variants whose outputs are not expected to match fp32 within the admission tolerance;
+#: they are admitted by the ensemble-level accuracy check (`enserve.precision`).
+REDUCED_PRECISION = frozenset({"bf16", "int8", "fp16"})
+#: Where each reduced-precision variant runs.
+CPU_ONLY = frozenset({"int8"})
+CUDA_ONLY = frozenset({"fp16"})
+
+
+def precision_of(variant: str | None) -> str:
+    """The number format a variant computes in: fp32, bf16, int8 or fp16."""
+    return variant if variant in REDUCED_PRECISION else "fp32"  # type: ignore[return-value]
 
 
 def default_variant(member: MemberSpec) -> str:
@@ -20,7 +31,7 @@ def default_variant(member: MemberSpec) -> str:
 def available_variants(member: MemberSpec, include_opt_in: bool = False) -> list[str]:
     """Variants that can be built for this member's source (admission is checked separately)."""
     if member.kind == "onnx":
-        return ["onnx"]
+        return ["onnx", "int8"] if include_opt_in else ["onnx"]
     if member.kind == "simulate":  # a simulated member runs one way (enserve.members.simulated)
         return ["eager"]
     return [v for v in VARIANTS if include_opt_in or v not in OPT_IN]
