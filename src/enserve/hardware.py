@@ -74,7 +74,7 @@ class Hardware:
     def cpu_precisions(self) -> dict[str, str]:
         """Reduced precisions the CPU runs fast, each with the reason (the flags found)."""
         fast: dict[str, str] = {}
-        bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in self.isa]
+        bf16: list[str] = [f for f in ("amx_bf16", "avx512_bf16") if f in self.isa]
         if self.arch in ("aarch64", "arm64") and "bf16" in self.isa:
             bf16.append("bf16")
         if bf16:
@@ -113,8 +113,10 @@ class Hardware:
         if device.startswith("cuda"):
             return (f"{precision} needs tensor cores for it on {device} "
                     "(fp16: capability >= 7.0, bf16: >= 8.0)")
-        need = {"bf16": "AVX-512-BF16 or AMX-BF16", "int8": "AVX2, VNNI or AMX-INT8",
-                "fp16": "a GPU"}.get(precision, "nothing")
+        if precision == "fp16":
+            return "fp16 runs on CUDA GPUs only"
+        need = {"bf16": "AVX-512-BF16 or AMX-BF16", "int8": "AVX2, VNNI or AMX-INT8"}.get(
+            precision, "nothing")
         return (f"{precision} would be slower than fp32 on this CPU ({self.cpu_model}): "
                 f"it needs {need}")
 

@@ -134,6 +134,9 @@ class BenchSession:
                     self.engines[kind] = self._engine(plan, backend="engine")
                     self.described[kind] = {"plan": "the same plan on the local engine"}
                     continue
+                if kind == "fp32":
+                    self._start_fp32(profile)
+                    continue
                 progress(f"loading baseline {kind}")
                 self.servers[kind], self.described[kind] = build_baseline(
                     kind, spec, self.threads, cfg.baseline_batch, profile)
@@ -167,6 +170,26 @@ class BenchSession:
                     "variants)",
             "instances": [{k: i[k] for k in ("member", "variant", "batch_size", "share")}
                           for i in unfused["instances"]],
+        }
+
+    def _start_fp32(self, profile: Any) -> None:
+        """Baseline fp32: a second engine running the fp32 plan of the same profile."""
+        if profile is None:
+            self.notes.append("baseline fp32 skipped: it needs --profile (the fp32 plan is "
+                              "planned from it)")
+            self.progress(self.notes[-1])
+            return
+        from enserve.plan.precision import choose_precision
+
+        plan = choose_precision(profile, "fp32", self.cfg.fusion, "greedy").plan
+        self.progress("starting baseline fp32 (enserve's own plan with reduced precision "
+                      "forbidden)")
+        self.engines["fp32"] = self._engine(plan)
+        self.described["fp32"] = {
+            "plan": "enserve's plan of the same profile with --precision fp32",
+            "instances": [{"member": i.member, "variant": i.variant,
+                           "batch_size": i.batch_size, "share": i.share}
+                          for i in plan.instances],
         }
 
     def measure(self, cfg: BenchConfig) -> dict[str, Any]:

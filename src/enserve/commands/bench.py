@@ -33,16 +33,25 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     p.add_argument("--baseline", action="extend", nargs="+", default=[],
-                   choices=("sequential", "sequential-fast", "naive", "unfused", "local-engine"),
+                   choices=("sequential", "sequential-fast", "naive", "unfused", "local-engine",
+                            "fp32"),
                    help="baselines to run in the same invocation (unfused: the same plan "
                         "and engine with every fused group split into its members; "
                         "local-engine: with --backend ray, the same plan on the local "
-                        "multi-process engine)")
+                        "multi-process engine; fp32: enserve's plan of --profile with "
+                        "reduced precision forbidden)")
     p.add_argument("--backend", choices=("engine", "ray"), default="engine",
                    help="what runs the plan: the local multi-process engine (default) or Ray "
                         "actors on a cluster (needs enserve[ray]; docs/scale-out.md)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="--backend ray: the cluster (default: the one running on this machine)")
+    p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                   help="planning from --profile: auto lets members run in a reduced "
+                        "precision the profile's accuracy check admitted; fp32 forbids it")
+    p.add_argument("--plan-policy", choices=("reuse", "replan", "fail"), default="replan",
+                   help="a --plan made on other hardware (its fingerprint differs from this "
+                        "machine's): reuse it, re-plan here (profiles this machine, cached), "
+                        "or fail (default replan)")
     p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
                    help="fused groups: with --profile, auto keeps the better predicted plan "
                         "of with and without them, on forces them, off excludes them; with "
@@ -80,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     plan = _load_plan(args.plan) if args.plan else None
     profile = _load_profile(args.profile) if args.profile else None
+    if plan is not None and not isinstance(plan, dict):
+        from enserve.replan import fit_plan
+
+        plan = fit_plan(args.spec, plan, args.plan_policy, where=f"--plan {args.plan}")
+    elif profile is not None:
+        from enserve.plan.precision import choose_precision
+
+        plan = choose_precision(profile, args.precision, args.fusion, "greedy").plan
     cfg = BenchConfig(
         mode=args.mode, concurrency=args.concurrency, rate=args.rate, duration_s=args.duration,
         warmup_s=args.warmup, baselines=list(dict.fromkeys(args.baseline)),
@@ -112,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                                         f"{spec.name} ({cfg.mode} loop)"))
     else:
         report = run_bench(spec, plan, cfg, profile, progress)
+        report["precision"] = dict(getattr(plan, "precision", None) or {})
     text = json.dumps(report, indent=2, default=str)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +163,15 @@ def _print_table(report: dict[str, Any]) -> None:
         ratio_text = f"{ratio:.2f}x" if ratio else ""
         print(f"{name:<16}{r['throughput']:>10.2f}{r['p50_s'] * 1e3:>9.1f}"
               f"{r['p95_s'] * 1e3:>9.1f}{r['p99_s'] * 1e3:>9.1f}{ratio_text:>10}")
+    precision = report.get("precision")
+    if precision:
+        from enserve.commands.plan import describe_precision
+
+        print(f"enserve {describe_precision(precision)} (measured when planning)")
+    fp32 = report.get("baselines", {}).get("fp32")
+    if fp32:
+        print("fp32: every member fp32; top-1 agreement with the fp32 ensemble 100% by "
+              "definition")
     pred = report["enserve"].get("predicted_throughput")
     if pred:
         print(f"planner predicted {pred:.2f} samples/s; measured/predicted = "

@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
                         "(default 60)")
     p.add_argument("--profile-out", type=Path, default=None,
                    help="with a SPEC: also save the profile it planned from")
+    p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                   help="auto: members may run in a reduced precision (bf16, int8, fp16) the "
+                        "profile's accuracy check admitted, mixed per member, where it is "
+                        "faster; fp32: never (default auto)")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of a table")
     p.add_argument("--out", type=Path, help="write the plan JSON here")
     p.add_argument("--heatmap", type=Path, help="save the allocation matrix as a PNG")
@@ -113,7 +117,8 @@ def _profile(args: argparse.Namespace, constraints: Any) -> Any:
     if args.full_profile:
         from enserve.profiler import profile_spec  # imports torch: only when profiling
 
-        profile = profile_spec(args.spec, progress=not args.json)
+        profile = profile_spec(args.spec, progress=not args.json,
+                               precision=args.precision)
     else:
         from enserve.profiler.adaptive_run import adaptive_profile_spec
 
@@ -129,15 +134,15 @@ def _profile(args: argparse.Namespace, constraints: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from enserve.plan import Constraints, evaluate, save_plan
-    from enserve.plan.fusion import choose_fusion
+    from enserve.plan.precision import choose_precision
 
     constraints = Constraints(max_latency_s=args.max_latency, min_throughput=args.min_throughput,
                               memory_headroom=args.memory_headroom,
                               time_sharing=not args.no_time_sharing)
     profile = _profile(args, constraints)
-    decision = choose_fusion(profile, args.fusion, args.algorithm, args.objective, constraints,
-                             _devices(args.devices))
-    result = decision.plan
+    chosen = choose_precision(profile, args.precision, args.fusion, args.algorithm,
+                              args.objective, constraints, _devices(args.devices))
+    decision, result = chosen.fusion, chosen.plan
     if args.out is not None:
         save_plan(result, args.out)
     if args.heatmap is not None:
@@ -152,8 +157,27 @@ def run(args: argparse.Namespace) -> int:
     from enserve.plan.render import print_plan
 
     print_plan(result, evaluate(decision.profile or profile, result), Console())
+    print(describe_precision(result.precision))
     if args.out is not None:
         print(f"plan written to {args.out}")
     if args.heatmap is not None:
         print(f"heatmap written to {args.heatmap}")
     return 0
+
+
+def describe_precision(info: Any) -> str:
+    """One line: which members run reduced, and the agreement / accuracy measured for it."""
+    if not info:
+        return "precision: fp32"
+    members = info.get("members") or {}
+    mix = ", ".join(f"{m} {p}" for m, p in members.items()) or "every member fp32"
+    text = f"precision ({info.get('mode')}): {mix}"
+    if info.get("top1_agreement") is not None:
+        text += (f"; top-1 agreement with the fp32 ensemble {info['top1_agreement']:.2%} on "
+                 f"{info.get('calibration_rows')} calibration rows")
+    if info.get("accuracy") is not None:
+        text += (f"; accuracy {info['accuracy']:.2%} (fp32 {info.get('fp32_accuracy', 0):.2%}, "
+                 f"drop {info.get('accuracy_drop', 0) * 100:.2f} pp)")
+    if info.get("note"):
+        text += f" ({info['note']})"
+    return text

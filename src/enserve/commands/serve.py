@@ -51,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write the bound ports as JSON here once serving (for scripts and tests)")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                    help="do not serve the operator's page (/dashboard) and its JSON (/dashboard/state)")
+    p.add_argument("--plan-policy", choices=("reuse", "replan", "fail"), default="replan",
+                   help="an ensemble's plan.json made on other hardware (its fingerprint "
+                        "differs from this machine's, or it has none): reuse it, re-plan for "
+                        "this machine (profiles with a progress bar, cached), or refuse to "
+                        "load it (default replan)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=(int(args.memory_budget_mb * 1024 * 1024)
                              if args.memory_budget_mb is not None else None),
         idle_unload_s=args.idle_unload_s, dashboard=args.dashboard,
+        plan_policy=args.plan_policy,
     )
     run_server(config)
     return 0

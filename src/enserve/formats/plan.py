@@ -71,6 +71,10 @@ class Plan:
     predicted: Predicted
     planning_time_s: float = 0.0
     members: tuple[str, ...] = field(default=(), compare=False)
+    #: The hardware fingerprint the plan was made for (`enserve.hardware`), if known.
+    hardware: Mapping[str, Any] | None = field(default=None, compare=False)
+    #: The precision mix and what the accuracy check measured (`enserve.plan.precision`).
+    precision: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def member_names(self) -> list[str]:
         """Members in profile order when known, else in order of first instance."""
@@ -99,6 +103,8 @@ class Plan:
             "instances": [i.to_dict() for i in self.instances],
             "predicted": self.predicted.to_dict(),
             "planning_time_s": self.planning_time_s,
+            **({"hardware": dict(self.hardware)} if self.hardware else {}),
+            **({"precision": dict(self.precision)} if self.precision else {}),
         }
 
     def to_json(self) -> str:
@@ -129,8 +135,9 @@ class Plan:
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"{where}: field 'predicted': needs numeric throughput and "
                             f"latency_s ({exc})") from None
+        extras = {k: data[k] for k in ("hardware", "precision") if isinstance(data.get(k), Mapping)}
         return cls(str(data["algorithm"]), str(data["objective"]), tuple(devices),
-                   tuple(instances), pred, planning_time)
+                   tuple(instances), pred, planning_time, **extras)
 
 
 def _list(value: Any, where: str) -> list[Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -47,7 +48,9 @@ def plan(
     problem = build_problem(profile, devices, objective, constraints,
                             prune=algorithm not in _UNPRUNED)
     counts = solver(problem)
-    return to_plan(problem, counts, algorithm, time.perf_counter() - start)
+    result = to_plan(problem, counts, algorithm, time.perf_counter() - start)
+    hardware = (profile.model_extra or {}).get("hardware")  # the fingerprint it was made on
+    return replace(result, hardware=hardware) if isinstance(hardware, dict) else result
 
 
 def _unfused_view(profile: Profile) -> Profile:

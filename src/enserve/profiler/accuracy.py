@@ -96,10 +96,12 @@ def used_variants(section: Mapping[str, Any]) -> set[tuple[str, str]]:
 def choose_reduced_variants(spec: EnsembleSpec, member_variants: dict[str, list[str]],
                             asked: Sequence[str] | None, precision: str, hardware: Any,
                             device_ids: Sequence[str], notes: list[str]) -> None:
-    """Add (precision "auto", spec with an accuracy section) or remove (precision "fp32")
-    reduced-precision variants in `member_variants`; drop those no chosen device runs fast."""
+    """Add (precision "auto", spec with an accuracy section, no reduced variant named in
+    `asked`) or remove (precision "fp32") reduced-precision variants in `member_variants`;
+    drop those no chosen device runs fast (one note per variant)."""
     from enserve.variants.names import REDUCED_PRECISION, available_variants
 
+    skipped: dict[str, list[str]] = {}
     for m in spec.members:
         names = member_variants[m.name]
         if precision == "fp32":
@@ -108,15 +110,18 @@ def choose_reduced_variants(spec: EnsembleSpec, member_variants: dict[str, list[
                 notes.append(f"{m.name}: {', '.join(dropped)} not profiled (--precision fp32)")
             names[:] = [v for v in names if v not in REDUCED_PRECISION]
             continue
-        if spec.accuracy is not None and asked is None:
+        if spec.accuracy is not None and not REDUCED_PRECISION & set(asked or ()):
             possible = available_variants(m, include_opt_in=True)
             names += [v for v in sorted(REDUCED_PRECISION) if v in possible and v not in names]
         slow = [v for v in names if v in REDUCED_PRECISION
                 and not any(hardware.runs_fast(v, d) for d in device_ids)]
         for v in slow:
-            notes.append(f"{m.name}: {v} not profiled: "
-                         f"{hardware.skip_reason(v, device_ids[0] if device_ids else 'cpu')}")
+            skipped.setdefault(v, []).append(m.name)
         names[:] = [v for v in names if v not in slow]
+    for v, members in skipped.items():
+        where = device_ids[0] if device_ids else "cpu"
+        notes.append(f"{v} not profiled ({', '.join(members)}): "
+                     f"{hardware.skip_reason(v, where)}")
 
 
 def without_accuracy_section(spec: EnsembleSpec, checks: dict[tuple[str, str], dict[str, Any]],

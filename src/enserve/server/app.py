@@ -55,10 +55,13 @@ class ServerConfig:
     """Where to write `{"http": port, "grpc": port, "metrics": port}` once serving."""
     dashboard: bool = True
     """Serve the operator's page at `/dashboard` and its JSON at `/dashboard/state` (HTTP port)."""
+    plan_policy: str = "replan"
+    """An ensemble's plan.json made on other hardware: reuse, replan or fail."""
 
 
 def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
-                    ray_address: str | None = None) -> BackendFactory:
+                    ray_address: str | None = None,
+                    plan_policy: str = "replan") -> BackendFactory:
     if kind == "reference":
         from enserve.server.backend import ReferenceBackend
 
@@ -71,7 +74,7 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
             raise EnserveError(f"--backend engine: {reason}")
         limits = limits or Limits()
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
-                                          max_queue=limits.max_pending)
+                                          max_queue=limits.max_pending, plan_policy=plan_policy)
     if kind == "ray":
         from enserve.runtime.ray import ray_available
 
@@ -115,7 +118,7 @@ class EnserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         factory = backend_factory(config.backend, config.threads, config.limits,
-                                  config.ray_address)
+                                  config.ray_address, config.plan_policy)
         self.repository: ModelRepository
         if config.memory_budget_bytes is not None:
             self.repository = BudgetedRepository(

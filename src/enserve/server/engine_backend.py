@@ -36,13 +36,20 @@ def engine_available() -> str | None:
 
 
 class EngineBackend:
-    def __init__(self, spec: EnsembleSpec, max_batch: int = 256, max_queue: int = 1024) -> None:
-        from enserve.runtime.engine import Engine
+    def __init__(self, spec: EnsembleSpec, max_batch: int = 256, max_queue: int = 1024,
+                 plan_policy: str = "replan") -> None:
+        from enserve.runtime.engine import Engine, load_plan_file
 
         self.spec = spec
         plan_file, profile_file = spec.base_dir / PLAN_FILE, spec.base_dir / PROFILE_FILE
+        plan: Any = None
+        if plan_file.is_file():
+            from enserve.replan import fit_plan
+
+            plan = fit_plan(spec.base_dir, load_plan_file(plan_file), plan_policy,
+                            where=f"{spec.name}: {plan_file}")
         self.engine = Engine(
-            spec, plan=plan_file if plan_file.is_file() else None,
+            spec, plan=plan,
             profile=profile_file if profile_file.is_file() and not plan_file.is_file() else None,
             max_batch=max_batch, max_queue=max_queue,
         )

@@ -56,7 +56,7 @@ class AutocastTorchMember(TorchMember):
 
 
 def _autocast_module(module: torch.nn.Module) -> torch.nn.Module:
-    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return module.to(memory_format=torch.channels_last)
 
 
 class DeviceTorchMember(TorchMember):

@@ -20,7 +20,7 @@ CUDA_ONLY = frozenset({"fp16"})
 
 def precision_of(variant: str | None) -> str:
     """The number format a variant computes in: fp32, bf16, int8 or fp16."""
-    return variant if variant in REDUCED_PRECISION else "fp32"  # type: ignore[return-value]
+    return variant if variant is not None and variant in REDUCED_PRECISION else "fp32"
 
 
 def default_variant(member: MemberSpec) -> str:

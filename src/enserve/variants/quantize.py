@@ -68,7 +68,7 @@ def quantize_onnx(fp32_model: Path, rows: np.ndarray, out: Path, reduce_range: b
     quiet.setLevel(logging.ERROR)
     try:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            quantize_static(str(source), str(out), _Reader(input_name, rows),  # type: ignore[arg-type]
+            quantize_static(str(source), str(out), _Reader(input_name, rows),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8,
