@@ -11,7 +11,7 @@ from enserve.errors import EnserveError
 
 # Each name is a module `enserve.commands.<name>` exposing `register(subparsers)`;
 # `register` adds its parser and sets `func(args) -> int` as the default handler.
-COMMANDS = ("predict", "demo", "profile", "plan", "calibrate", "bench", "serve")
+COMMANDS = ("predict", "demo", "profile", "plan", "calibrate", "bench", "serve", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -141,8 +141,9 @@ def assess(
             if not row["admitted"] or m in current:
                 continue
             trial = evaluate({**current, m: p})
-            if trial["admitted"] and len(trial["precisions"]) > 1:
-                rows.append(trial)
+            if trial["admitted"]:
+                if len(trial["precisions"]) > 1:
+                    rows.append(trial)
                 current = dict(trial["precisions"])
     return {
         "rows": len(fp32_top1),
