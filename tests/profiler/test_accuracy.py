@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from enserve.errors import PlanError
+from enserve.formats.profile import profile_from_dict
 from enserve.hardware import Hardware, current_hardware, detect_hardware
 from enserve.plan import Plan
 from enserve.plan.precision import choose_precision
-from enserve.profile_format import profile_from_dict
 from enserve.profiler import profile_spec_dict
 from enserve.replan import fit_plan
 

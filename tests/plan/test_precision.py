@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from enserve.errors import PlanError
+from enserve.formats.profile import profile_from_dict
 from enserve.plan import Plan
 from enserve.plan.precision import choose_precision, maximal, plan_mixes, restrict_precision
-from enserve.profile_format import profile_from_dict
 
 HARDWARE = {"id": "x", "arch": "x86_64", "cpu_model": "Fake CPU", "cores": 2,
             "isa": ["avx2"], "gpus": [], "mps": False}
