@@ -14,8 +14,8 @@ from enserve.formats.profile import profile_from_dict
 from enserve.hardware import Hardware, current_hardware, detect_hardware
 from enserve.plan import Plan
 from enserve.plan.precision import choose_precision
+from enserve.plan_policy import fit_plan
 from enserve.profiler import profile_spec_dict
-from enserve.replan import fit_plan
 
 MODELS_PY = '''
 import torch

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     plan = _load_plan(args.plan) if args.plan else None
     profile = _load_profile(args.profile) if args.profile else None
     if plan is not None and not isinstance(plan, dict):
-        from enserve.replan import fit_plan
+        from enserve.plan_policy import fit_plan
 
         plan = fit_plan(args.spec, plan, args.plan_policy, where=f"--plan {args.plan}")
     elif profile is not None:

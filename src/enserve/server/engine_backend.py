@@ -44,7 +44,7 @@ class EngineBackend:
         plan_file, profile_file = spec.base_dir / PLAN_FILE, spec.base_dir / PROFILE_FILE
         plan: Any = None
         if plan_file.is_file():
-            from enserve.replan import fit_plan
+            from enserve.plan_policy import fit_plan
 
             plan = fit_plan(spec.base_dir, load_plan_file(plan_file), plan_policy,
                             where=f"{spec.name}: {plan_file}")
