@@ -63,9 +63,10 @@ def quantize_onnx(fp32_model: Path, rows: np.ndarray, out: Path, reduce_range: b
         source = prepped
     except Exception:  # pre-processing is an optimization; quantize the raw graph instead
         source = fp32_model
-    quiet = logging.getLogger("onnxruntime")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    quiet = [logging.getLogger("onnxruntime"), logging.getLogger()]  # ORT logs to root too
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             quantize_static(str(source), str(out), _Reader(input_name, rows),
@@ -76,7 +77,8 @@ def quantize_onnx(fp32_model: Path, rows: np.ndarray, out: Path, reduce_range: b
     except Exception as exc:
         raise ModelLoadError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from None
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
         prepped.unlink(missing_ok=True)
 
 
