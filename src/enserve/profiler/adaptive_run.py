@@ -17,6 +17,7 @@ from enserve.devices import Device
 from enserve.errors import ProfileError
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
+from enserve.hardware import current_hardware
 from enserve.plan import Constraints, plan
 from enserve.profiler.adaptive import AdaptiveProfiler, AdaptiveResult, Grid, Setting
 from enserve.profiler.cache import ResultCache, cpu_model
@@ -88,8 +89,9 @@ def adaptive_profile_spec(
     notes: list[str] = []
     stats = RunStats()
     shares_by_device = {d.id: shares_for(d, shares, notes) for d in chosen}
+    hardware = current_hardware()  # keys the cache; stored in the profile
     runner = _RunPlan(spec, spec_file, cache, sorted({int(b) for b in batch_sizes}), repeats,
-                      warmup, max_seconds, stats, notes, refresh)
+                      warmup, max_seconds, stats, notes, refresh, hardware)
     member_variants = {m.name: variants_for(m, variants) or [default_variant(m)]
                        for m in spec.members}
     started = time.monotonic()
@@ -131,6 +133,7 @@ def adaptive_profile_spec(
                                     margin=margin, budget_s=budget_s, progress=report)
         result = adaptive.run()
     data = result.profile.to_json_dict()
+    data["hardware"] = hardware.to_json_dict()
     data["meta"] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host_cpu": cpu_model(),
