@@ -39,11 +39,27 @@ def _set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def fold_conv_bn(gm: fx.GraphModule) -> int:
+def _replace_in(source: nn.Module | None, target: str, new: nn.Module) -> None:
+    """Mirror a replacement into `source` (the module `gm` was traced from), if it has
+    `target` at the same path, so the source stops holding the replaced module."""
+    if source is None:
+        return
+    try:
+        source.get_submodule(target)
+    except AttributeError:
+        return
+    _set_submodule(source, target, new)
+
+
+def fold_conv_bn(gm: fx.GraphModule, source: nn.Module | None = None) -> int:
     """Fold every eval-mode BatchNorm that directly follows a convolution used only by it.
 
     Works in place on `gm`; returns how many pairs were folded. BatchNorms without running
-    statistics are left alone.
+    statistics are left alone. With `source` (the module `gm` was traced from), each
+    folded convolution also replaces the original in `source` and the BatchNorm becomes an
+    `nn.Identity` there: `source` stays equivalent (folded too), and each original
+    convolution's weights are released as soon as its pair is folded, so a fold never
+    holds the unfolded and the folded weights of a whole model at once.
     """
     modules = dict(gm.named_modules())
     folded = 0
@@ -60,8 +76,14 @@ def fold_conv_bn(gm: fx.GraphModule) -> int:
         if bn.running_mean is None or bn.running_var is None or bn.training or conv.training:
             continue
         fused = fuse_conv_bn_eval(conv, bn)
-        _set_submodule(gm, str(prev.target), fused)
-        modules[str(prev.target)] = fused
+        del conv, bn  # the last local references: the originals go with their modules
+        conv_target, bn_target = str(prev.target), str(node.target)
+        _set_submodule(gm, conv_target, fused)
+        _replace_in(source, conv_target, fused)
+        _replace_in(source, bn_target, nn.Identity())
+        modules[conv_target] = fused
+        del modules[bn_target]
+        _set_submodule(gm, bn_target, nn.Identity())  # unused below; deleted at the end
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         folded += 1
@@ -72,11 +94,16 @@ def fold_conv_bn(gm: fx.GraphModule) -> int:
     return folded
 
 
-def folded_copy(module: nn.Module) -> tuple[nn.Module, int]:
+def folded_copy(module: nn.Module, consume: bool = False) -> tuple[nn.Module, int]:
     """A traced, Conv-BN-folded copy of an eval-mode module; the module itself (and 0)
-    when it cannot be traced."""
+    when it cannot be traced.
+
+    The copy shares every unfolded tensor with `module`. With `consume`, `module` is
+    folded in place as well (see `fold_conv_bn`), so the original convolution weights are
+    released pair by pair instead of living on beside the folded ones.
+    """
     try:
         gm = trace(module)
     except Exception:  # untraceable (data-dependent control flow, ...): keep it opaque
         return module, 0
-    return gm, fold_conv_bn(gm)
+    return gm, fold_conv_bn(gm, module if consume else None)

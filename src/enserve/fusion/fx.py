@@ -77,16 +77,20 @@ def build_fx_group(
     combiner: TorchCombiner | None = None,
     fold: bool = True,
     channels_last: bool = False,
+    consume: bool = False,
 ) -> tuple[fx.GraphModule, dict[str, int]]:
     """Trace the group into one GraphModule. Members fx cannot trace stay opaque calls
-    inside it. Returns the graph and the number of Conv-BN pairs folded per member."""
+    inside it. Returns the graph and the number of Conv-BN pairs folded per member.
+
+    `consume`: fold the given modules in place (`folded_copy(consume=True)`), so that
+    building the graph never holds a member's unfolded and folded weights together."""
     prepared: dict[str, nn.Module] = {}
     folds: dict[str, int] = {}
     opaque: set[int] = set()
     for name, module in modules.items():
         module = module.eval()
         if fold:
-            module, folds[name] = folded_copy(module)
+            module, folds[name] = folded_copy(module, consume=consume)
         else:
             folds[name] = 0
         if not isinstance(module, fx.GraphModule):

@@ -91,8 +91,9 @@ def load_fused(
 
     `combine_in_graph` (default: when the group is the whole ensemble) puts the combiner
     in the graph. `modules` supplies already built torch modules (e.g. from
-    `members.packed.load_packed`) instead of building them from the spec. `frozen` (fx only)
-    additionally TorchScript-freezes the graph.
+    `members.packed.load_packed`) instead of building them from the spec; an `fx` group folds
+    them in place (they stay equivalent), releasing each original convolution as it is
+    folded. `frozen` (fx only) additionally TorchScript-freezes the graph.
     """
     if kind not in FUSION_KINDS:
         raise SpecError(f"unknown fusion kind '{kind}' (expected one of {', '.join(FUSION_KINDS)})")
@@ -120,7 +121,9 @@ def load_fused(
     variant = f"fused-{kind}"
     if kind == "fx":
         pre = {m.name: TorchPreprocess(m.preprocess) for m in specs}
-        gm, _ = build_fx_group(built, pre, input_index, combiner, fold=fold, channels_last=channels_last)
+        gm, _ = build_fx_group(built, pre, input_index, combiner, fold=fold,
+                               channels_last=channels_last, consume=True)
+        del built
         module: nn.Module = gm
         if frozen:
             module = _frozen(spec, gm, used_names)

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 from enserve.members.base import Member, Signature
 
 if TYPE_CHECKING:
-    from enserve.members.loaders import build_torch_module, load_member
+    from enserve.members.dispatch import load_member
+    from enserve.members.loaders import build_torch_module
     from enserve.members.onnx_member import OnnxMember
     from enserve.members.torch_member import TorchMember
 
 __all__ = ["Member", "OnnxMember", "Signature", "TorchMember", "build_torch_module", "load_member"]
-_WHERE = {"build_torch_module": "enserve.members.loaders", "load_member": "enserve.members.loaders",
+_WHERE = {"build_torch_module": "enserve.members.loaders", "load_member": "enserve.members.dispatch",
           "OnnxMember": "enserve.members.onnx_member", "TorchMember": "enserve.members.torch_member"}
 
 

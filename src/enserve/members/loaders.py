@@ -17,19 +17,15 @@ import torch
 
 from enserve.errors import ModelLoadError, SpecError
 from enserve.members.base import Member
-from enserve.members.onnx_member import OnnxMember
+from enserve.members.dispatch import load_member, member_path, member_where
 from enserve.members.preprocess import Preprocessor
 from enserve.members.torch_member import TorchMember
 from enserve.spec import EnsembleSpec, MemberSpec
 
-
-def _where(spec: EnsembleSpec, member: MemberSpec, field: str = "source") -> str:
-    index = spec.members.index(member)
-    return f"{spec.source_file}: members.{index}.{field} ({member.name})"
-
-
-def _member_path(spec: EnsembleSpec, member: MemberSpec, relative: str, field: str) -> Path:
-    return spec.resolve_path(relative, f"members.{spec.members.index(member)}.{field}")
+_where = member_where
+_member_path = member_path
+__all__ = ["build_architecture", "build_torch_module", "load_member", "load_torch_member",
+           "read_state_dict", "torchvision_arch"]
 
 
 def torchvision_arch(arch: str, num_classes: int | None, seed: int, where: str) -> torch.nn.Module:
@@ -165,27 +161,9 @@ def build_torch_module(spec: EnsembleSpec, member: MemberSpec) -> torch.nn.Modul
     raise SpecError(f"{where}: source kind '{kind}' is not a PyTorch model")
 
 
-def load_member(spec: EnsembleSpec, member: MemberSpec | str, threads: int | None = None) -> Member:
-    """Load one member of `spec` in this process."""
-    if isinstance(member, str):
-        member = spec.member(member)
+def load_torch_member(spec: EnsembleSpec, member: MemberSpec, threads: int | None = None) -> Member:
+    """Load a PyTorch-backed member (eager) in this process."""
     pre = Preprocessor(member.preprocess)
-    loaded: Member
-    if member.kind == "simulate":
-        from enserve.members.simulated import load_simulated, parse_target
-
-        where = _where(spec, member)
-        relative, profiled = parse_target(member.target, where)
-        return load_simulated(member.name, _member_path(spec, member, relative, "source"),
-                              profiled or member.name, num_classes=member.num_classes,
-                              seed=member.seed, preprocessor=pre, where=where)
-    if member.kind == "onnx":
-        path = _member_path(spec, member, member.target, "source")
-        try:
-            loaded = OnnxMember(member.name, path, pre, threads=threads or 1)
-        except Exception as exc:
-            raise ModelLoadError(f"{_where(spec, member)}: cannot load ONNX model: {exc}") from None
-        return loaded
     loaded = TorchMember(member.name, build_torch_module(spec, member), pre, variant="eager")
     if threads:
         loaded.set_threads(threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from enserve.spec import Preprocess
@@ -38,6 +40,40 @@ class Preprocessor:
 
 
 def _resize(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of the last two axes (half-pixel centres, no antialiasing: what
+    `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` computes).
+
+    Uses torch when this process has already imported it, and numpy otherwise, so a
+    process that runs only ONNX Runtime members never imports torch for preprocessing.
+    """
+    if "torch" in sys.modules:
+        return _resize_torch(batch, size)
+    return resize_bilinear(batch, size)
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scale = np.float32(n_in / n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    low = src.astype(np.int64)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = (src - low).astype(np.float32)
+    return low, high, frac
+
+
+def resize_bilinear(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Numpy bilinear resize of the last two axes (see `_resize`)."""
+    out_h, out_w = size
+    in_h, in_w = batch.shape[-2:]
+    top, bottom, fy = _axis_weights(in_h, out_h)
+    left, right, fx = _axis_weights(in_w, out_w)
+    x = np.ascontiguousarray(batch)
+    rows = x[..., top, :] * (1 - fy)[:, None] + x[..., bottom, :] * fy[:, None]
+    out = rows[..., left] * (1 - fx) + rows[..., right] * fx
+    return np.ascontiguousarray(out, dtype=batch.dtype)
+
+
+def _resize_torch(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 

@@ -125,8 +125,8 @@ def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
 
     import torch
 
-    from enserve.variants.build import load_variant
     from enserve.variants.fused import group_of, load_fused_variant
+    from enserve.variants.load import load_variant
     from enserve.variants.samples import random_request
 
     spec = load_spec(task.spec_path)
@@ -174,8 +174,8 @@ def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
 
 def _check(task: Task, send: Callable[[str, Any], None]) -> None:
     from enserve.members import load_member
-    from enserve.variants.build import load_variant
     from enserve.variants.check import check_variant
+    from enserve.variants.load import load_variant
 
     spec = load_spec(task.spec_path)
     if is_fused_variant(task.variant):

@@ -1,8 +1,9 @@
 """Starting, watching and stopping worker processes.
 
-Workers are started from a fork server that has imported torch and enserve once, so a new
-worker costs a fork instead of a 3.5 s `import torch` (and no process is ever forked after
-torch started threads: the fork server never runs a model).
+Workers are started from a fork server that has imported what they run once (torch for
+PyTorch workers; only ONNX Runtime for ONNX workers, see `launch.py`), so a new worker
+costs a fork instead of a 3.5 s `import torch` (and no process is ever forked after torch
+started threads: the fork servers never run a model).
 """
 
 from __future__ import annotations
@@ -23,15 +24,31 @@ from enserve.runtime.placement import WorkerConfig
 from enserve.runtime.shm import ArenaLayout
 from enserve.spec import EnsembleSpec
 
-PRELOAD = ["enserve.runtime.worker"]
+
+class Launcher:
+    """Picks the multiprocessing context each worker starts from.
+
+    `forkserver` (default): a worker that runs only ONNX Runtime forks from the lean fork
+    server (no torch), any other from the torch one (`enserve.runtime.launch`); `spawn`
+    or `fork`: every worker from that start method.
+    """
+
+    def __init__(self, method: str = "forkserver") -> None:
+        self.method = method
+
+    def for_config(self, spec: EnsembleSpec, cfg: WorkerConfig,
+                   cache_dir: Path | None = None) -> BaseContext:
+        if self.method != "forkserver":
+            return mp.get_context(self.method)
+        from enserve.runtime import launch
+
+        torch = launch.needs_torch(spec, cfg.member, cfg.variant, cfg.device, cache_dir)
+        return launch.context("torch" if torch else "lean")
 
 
-def worker_context(method: str = "forkserver") -> BaseContext:
-    """The multiprocessing context for workers: `forkserver` (preloaded) or `spawn`."""
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(PRELOAD)
-    return ctx
+def worker_context(method: str = "forkserver") -> Launcher:
+    """How workers start: see `Launcher`."""
+    return Launcher(method)
 
 
 @dataclass
@@ -73,11 +90,13 @@ class WorkerHandle:
         return self.cfg.label
 
     def start(
-        self, ctx: BaseContext, spec: EnsembleSpec, in_layout: ArenaLayout,
+        self, ctx: Launcher | BaseContext, spec: EnsembleSpec, in_layout: ArenaLayout,
         out_layout: ArenaLayout | None, lock_dir: str | None, cache_dir: Path | None,
     ) -> None:
         from enserve.runtime.worker import worker_main
 
+        if isinstance(ctx, Launcher):
+            ctx = ctx.for_config(spec, self.cfg, cache_dir)
         parent_end, child_end = ctx.Pipe(duplex=True)
         process = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,

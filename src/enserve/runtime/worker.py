@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -59,9 +60,8 @@ def apply_device_share(cfg: WorkerConfig) -> list[str]:
     if cfg.is_cpu:
         if cfg.cores:
             pin_process(cfg.cores)
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+        if "torch" in sys.modules:  # torch members set their threads when built, too
+            sys.modules["torch"].set_num_threads(cfg.threads)
         return notes
     index = cfg.device.partition(":")[2] or "0"
     os.environ["CUDA_VISIBLE_DEVICES"] = index

@@ -19,12 +19,12 @@ from enserve.variants.names import (
 )
 
 if TYPE_CHECKING:
-    from enserve.variants.build import load_variant
     from enserve.variants.check import VariantCheck, check_variant
+    from enserve.variants.load import load_variant
     from enserve.variants.samples import random_request
 
 _LAZY = {
-    "load_variant": "enserve.variants.build",
+    "load_variant": "enserve.variants.load",
     "VariantCheck": "enserve.variants.check",
     "check_variant": "enserve.variants.check",
     "random_request": "enserve.variants.samples",

@@ -19,7 +19,8 @@ from enserve.errors import ModelLoadError, SpecError
 from enserve.members import Member, OnnxMember, TorchMember, build_torch_module, load_member
 from enserve.members.preprocess import Preprocessor
 from enserve.spec import EnsembleSpec, MemberSpec
-from enserve.variants.fingerprint import atomic_write_target, default_cache_dir, member_fingerprint
+from enserve.variants.artifacts import artifact_path as _artifact_path
+from enserve.variants.fingerprint import atomic_write_target
 from enserve.variants.names import VARIANTS, available_variants
 from enserve.variants.samples import random_request
 
@@ -78,11 +79,6 @@ class DeviceTorchMember(TorchMember):
             return out.float().cpu().numpy()
 
 
-def _artifact_path(spec: EnsembleSpec, member: MemberSpec, variant: str, suffix: str,
-                   cache_dir: Path | None) -> Path:
-    root = cache_dir if cache_dir is not None else default_cache_dir()
-    key = member_fingerprint(spec, member)[:24]
-    return root / "artifacts" / f"{member.name}-{variant}-{key}{suffix}"
 
 
 def _cached(path: Path, produce: Callable[[Path], None]) -> Path:
@@ -230,7 +226,7 @@ def _build_cuda_variant(
     )
 
 
-def load_variant(
+def build_variant(
     spec: EnsembleSpec,
     member: str | MemberSpec,
     variant: str,

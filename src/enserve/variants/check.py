@@ -19,7 +19,7 @@ import numpy as np
 from enserve.combine import softmax
 from enserve.members import Member, load_member
 from enserve.spec import EnsembleSpec, MemberSpec
-from enserve.variants.build import load_variant
+from enserve.variants.load import load_variant
 from enserve.variants.names import REDUCED_PRECISION
 from enserve.variants.samples import random_request
 

@@ -1,0 +1,154 @@
+"""Where worker processes are forked from: one fork server per set of pre-imported modules.
+
+A worker that runs only ONNX Runtime is forked from a *lean* server (numpy, ONNX Runtime
+and the worker module: no torch); a worker that runs PyTorch (eager, TorchScript, fused
+graphs, or an ONNX export still to be written) is forked from a *torch* server that has
+imported torch and torchvision once. Each server starts on first use, so an ensemble of
+ONNX members never starts the torch one. Servers only import modules: they never run a
+model or start a thread pool, so forking them is safe (nothing is forked after torch
+started threads).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import threading
+from multiprocessing import forkserver, popen_forkserver, process, reduction, spawn, util
+from multiprocessing.context import BaseContext, ForkServerContext
+from pathlib import Path
+from typing import Any, Literal
+
+from enserve.spec import EnsembleSpec
+
+Flavor = Literal["lean", "torch"]
+
+PRELOAD: dict[Flavor, list[str]] = {
+    "lean": ["enserve.runtime.worker", "onnxruntime"],
+    "torch": ["enserve.runtime.worker", "onnxruntime", "torch", "torchvision",
+              "enserve.members.loaders", "enserve.variants.build"],
+}
+
+_servers: dict[Flavor, forkserver.ForkServer] = {}
+_lock = threading.Lock()
+
+
+def _server(flavor: Flavor) -> forkserver.ForkServer:
+    with _lock:
+        server = _servers.get(flavor)
+        if server is None:
+            server = forkserver.ForkServer()
+            server.set_forkserver_preload(PRELOAD[flavor])
+            _servers[flavor] = server
+        return server
+
+
+class _ServerPopen(popen_forkserver.Popen):
+    """`popen_forkserver.Popen` that asks the `flavor` server instead of the module-wide one."""
+
+    flavor: Flavor = "lean"
+    _fds: list[int]
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        buf = io.BytesIO()
+        mp.context.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            mp.context.set_spawning_popen(None)
+        self.sentinel, w = _server(self.flavor).connect_to_new_process(self._fds)
+        parent_w = os.dup(w)  # the child watches it to notice a dead parent
+        self.finalizer = util.Finalize(self, util.close_fds,  # type: ignore[attr-defined]
+                                       (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _LeanPopen(_ServerPopen):
+    flavor: Flavor = "lean"
+
+
+class _TorchPopen(_ServerPopen):
+    flavor: Flavor = "torch"
+
+
+class LeanProcess(process.BaseProcess):
+    """A process forked from the lean server (module-level: process objects are pickled)."""
+
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _LeanPopen(process_obj)
+
+
+class TorchProcess(process.BaseProcess):
+    """A process forked from the torch server."""
+
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _TorchPopen(process_obj)
+
+
+class LeanContext(ForkServerContext):
+    Process = LeanProcess  # type: ignore[assignment]
+
+
+class TorchContext(ForkServerContext):
+    Process = TorchProcess  # type: ignore[assignment]
+
+
+_CONTEXTS: dict[Flavor, BaseContext] = {"lean": LeanContext(), "torch": TorchContext()}
+
+
+def context(flavor: Flavor) -> BaseContext:
+    """A multiprocessing context whose processes fork from the `flavor` server."""
+    return _CONTEXTS[flavor]
+
+
+def stop_server(flavor: Flavor) -> bool:
+    """Stop the `flavor` fork server if it runs (workers already forked keep running; the
+    next worker of that flavor starts it again). True if one was stopped."""
+    with _lock:
+        server = _servers.get(flavor)
+    if server is None or server._forkserver_pid is None:  # type: ignore[attr-defined]
+        return False
+    server._stop()  # type: ignore[attr-defined]
+    return True
+
+
+def server_pids() -> dict[str, int]:
+    """Process ids of the fork servers running now."""
+    with _lock:
+        found = {f: s._forkserver_pid for f, s in _servers.items()}  # type: ignore[attr-defined]
+    return {f: pid for f, pid in found.items() if pid is not None}
+
+
+def needs_torch(spec: EnsembleSpec, member: str, variant: str, device: str = "cpu",
+                cache_dir: Path | None = None) -> bool:
+    """Whether an instance of `member` (a member or fused group name) in `variant`
+    ('default' = the member's default) will run PyTorch: the `onnx` variant of a PyTorch
+    member does only while its ONNX export is not cached yet."""
+    from enserve.formats.groups import parse_group_name
+    from enserve.variants.names import default_variant
+
+    if not device.startswith("cpu"):
+        return True
+    group = parse_group_name(member)
+    if group is not None:
+        return group.kind != "onnx"
+    member_spec = spec.member(member)
+    if member_spec.kind == "onnx":
+        return False
+    chosen = default_variant(member_spec) if variant in ("default", "", None) else variant
+    if chosen != "onnx":
+        return True
+    from enserve.variants.load import cached_onnx
+
+    return cached_onnx(spec, member_spec, cache_dir) is None

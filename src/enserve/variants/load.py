@@ -1,0 +1,57 @@
+"""`load_variant`: build a member as one execution variant, importing only the framework
+that variant runs on. An ONNX member, or the `onnx` variant of a PyTorch member whose
+exported file is already cached, loads with ONNX Runtime alone (no torch import);
+everything else goes through `enserve.variants.build` (torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enserve.errors import SpecError
+from enserve.members import Member, OnnxMember, load_member
+from enserve.members.preprocess import Preprocessor
+from enserve.spec import EnsembleSpec, MemberSpec
+from enserve.variants.artifacts import artifact_path
+from enserve.variants.names import VARIANTS, available_variants
+
+
+def cached_onnx(spec: EnsembleSpec, member: MemberSpec, cache_dir: Path | None) -> Path | None:
+    """The cached ONNX export of a PyTorch member, if one was written before."""
+    path = artifact_path(spec, member, "onnx", ".onnx", cache_dir)
+    return path if path.is_file() else None
+
+
+def load_variant(
+    spec: EnsembleSpec,
+    member: str | MemberSpec,
+    variant: str,
+    threads: int = 1,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+) -> Member:
+    """Build `member` of `spec` as `variant`, using `threads` intra-op threads.
+
+    This is what a worker process calls to create one instance. Torch variants set the
+    process-wide torch thread count. `cache_dir` (default: `default_cache_dir()`) holds
+    exported artifacts. Admission (matching the eager output) is checked by
+    `check_variant`, not here.
+    """
+    member_spec = spec.member(member) if isinstance(member, str) else member
+    if variant not in VARIANTS:
+        raise SpecError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
+    allowed = available_variants(member_spec, include_opt_in=True)
+    if variant not in allowed:
+        raise SpecError(
+            f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
+            f"'{variant}'; available: {', '.join(allowed)}"
+        )
+    if member_spec.kind == "onnx":
+        return load_member(spec, member_spec, threads=max(1, threads))
+    if variant == "onnx" and device == "cpu":
+        path = cached_onnx(spec, member_spec, cache_dir)
+        if path is not None:
+            return OnnxMember(member_spec.name, path, Preprocessor(member_spec.preprocess),
+                              threads=max(1, threads), variant="onnx")
+    from enserve.variants.build import build_variant
+
+    return build_variant(spec, member_spec, variant, threads, cache_dir, device)

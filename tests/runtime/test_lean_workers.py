@@ -1,0 +1,57 @@
+"""Workers carry only what their member runs: an ONNX Runtime worker never imports torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from enserve.reference import ReferenceExecutor
+from enserve.runtime import Engine, launch
+from enserve.spec import spec_from_dict
+
+from .onnx_tiny import imports_torch, write_linear_onnx
+from .tiny import MODELS
+
+
+def _mixed_spec(folder: Path, with_torch: bool):
+    (folder / "models.py").write_text(MODELS)
+    write_linear_onnx(folder / "flat.onnx", 12, 5, seed=1)
+    write_linear_onnx(folder / "resized.onnx", 48, 5, seed=2)
+    members = [
+        {"name": "flat", "source": "onnx:flat.onnx"},
+        # numpy bilinear resize in the worker: preprocessing must not pull torch in either
+        {"name": "resized", "source": "onnx:resized.onnx", "preprocess": {"resize": [4, 4]}},
+    ]
+    if with_torch:
+        members.append({"name": "eager", "source": "python:models.py:net_a"})
+    data = {"name": "mixed", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 2, 2]}],
+            "members": members, "combiner": "mean_prob"}
+    return spec_from_dict(data, base_dir=folder, where=str(folder / "ensemble.yaml"))
+
+
+def test_onnx_workers_never_import_torch(tmp_path: Path):
+    spec = _mixed_spec(tmp_path, with_torch=True)
+    x = np.random.default_rng(3).standard_normal((5, 3, 2, 2)).astype(np.float32)
+    expected = ReferenceExecutor(spec).infer(x)
+    with Engine(spec, max_batch=8) as engine:
+        result = engine.infer_sync(x, timeout=60)
+        pids = engine.worker_pids()
+        servers = launch.server_pids()
+        torch_in = {label.split("#")[0]: imports_torch(pid) for label, pid in pids.items()}
+        lean_server_torch = imports_torch(servers["lean"])
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, rtol=1e-5, atol=1e-6)
+    assert torch_in == {"flat": False, "resized": False, "eager": True}
+    assert not lean_server_torch
+    assert os.getpid() not in pids.values()
+
+
+def test_onnx_only_ensemble_starts_no_torch_server(tmp_path: Path):
+    spec = _mixed_spec(tmp_path, with_torch=False)
+    launch.stop_server("torch")
+    x = np.random.default_rng(4).standard_normal((3, 3, 2, 2)).astype(np.float32)
+    with Engine(spec, max_batch=4) as engine:
+        engine.infer_sync(x, timeout=60)
+        assert not any(imports_torch(pid) for pid in engine.worker_pids().values())
+        assert "torch" not in launch.server_pids()
