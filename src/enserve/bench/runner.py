@@ -219,6 +219,7 @@ class BenchSession:
                     stats = self.engine.stats()  # before the baselines' time dilutes it
         report = _report(self.spec, cfg, results, self.described, stats,
                          self.engine.predicted_throughput, self.engine.configs)
+        report["enserve"]["memory"] = self.engine.memory()
         report["fusion"] = self.fusion
         if self.notes:
             report["notes"] = list(self.notes)

@@ -172,6 +172,13 @@ def _print_table(report: dict[str, Any]) -> None:
     if fp32:
         print("fp32: every member fp32; top-1 agreement with the fp32 ensemble 100% by "
               "definition")
+    memory = report["enserve"].get("memory")
+    if memory:
+        tree, workers = memory["tree"], memory["workers"]
+        print(f"memory: process tree ({tree['processes']} processes, baselines included) "
+              f"RSS {tree['rss'] / 2**20:.0f} MiB, PSS {tree['pss'] / 2**20:.0f} MiB; "
+              f"enserve workers ({workers['processes']}) RSS {workers['rss'] / 2**20:.0f} MiB, "
+              f"PSS {workers['pss'] / 2**20:.0f} MiB")
     pred = report["enserve"].get("predicted_throughput")
     if pred:
         print(f"planner predicted {pred:.2f} samples/s; measured/predicted = "

@@ -300,6 +300,14 @@ class Engine:
         with self._lock:
             return {h.label: h.process.pid for h in self._handles if h.process is not None}
 
+    def memory(self) -> dict[str, Any]:
+        """RSS/PSS/USS of the workers and of this process's whole tree (engine, fork
+        servers, workers): see `enserve.runtime.memory`."""
+        from enserve.runtime.memory import pids_memory, tree_memory
+
+        return {"workers": pids_memory(self.worker_pids().values()).as_dict(),
+                "tree": tree_memory().as_dict()}
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             uptime = time.perf_counter() - self._counters.started

@@ -75,16 +75,12 @@ class EngineBackend:
         return {**self.engine.stats(), "predicted_throughput": self.engine.predicted_throughput}
 
     def memory_bytes(self) -> int:
-        """Resident memory of the engine's worker processes."""
-        import psutil
+        """Memory the engine's worker processes really hold: their PSS, in which pages
+        shared between instances (weights mapped from one file, the fork server's
+        libraries) count once in total rather than once per process."""
+        from enserve.runtime.memory import pids_memory
 
-        total = 0
-        for pid in self.engine.worker_pids().values():
-            try:
-                total += psutil.Process(pid).memory_info().rss
-            except psutil.Error:
-                continue
-        return total
+        return pids_memory(self.engine.worker_pids().values()).pss
 
     def shutdown(self) -> None:
         self.engine.stop()

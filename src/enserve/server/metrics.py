@@ -148,6 +148,7 @@ class Metrics:
                          [("", float(memory.total))])
         lines += _family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge",
                          [("", float(memory.total - memory.available))])
+        lines += _tree_lines()
         lines += _gpu_lines()
         if self.swap_stats is not None:
             lines += _swap_lines(self.swap_stats())
@@ -180,6 +181,22 @@ def _swap_lines(swap: Any) -> list[str]:
                      [(_labels(device=d), float(v)) for d, v in swap.resident_bytes.items()])
     lines += _family("enserve_swap_budget_bytes", "Memory budget for ensembles", "gauge",
                      [(_labels(device=d), float(v)) for d, v in swap.budget_bytes.items()])
+    return lines
+
+
+def _tree_lines() -> list[str]:
+    """Memory of the server's whole process tree (server, fork servers, workers)."""
+    from enserve.runtime.memory import tree_memory
+
+    tree = tree_memory()
+    lines = _family("enserve_process_tree_processes", "Processes in the server's process tree",
+                    "gauge", [("", float(tree.processes))])
+    for kind, text in (("rss", "resident set size (shared pages counted once per process)"),
+                       ("pss", "proportional set size (shared pages divided among sharers)"),
+                       ("uss", "unique set size (pages held by one process only)")):
+        lines += _family(f"enserve_process_tree_{kind}_bytes",
+                         f"Server process tree memory: {text}", "gauge",
+                         [("", float(getattr(tree, kind)))])
     return lines
 
 

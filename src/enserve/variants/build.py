@@ -17,6 +17,7 @@ import torch
 
 from enserve.errors import ModelLoadError, SpecError
 from enserve.members import Member, OnnxMember, TorchMember, build_torch_module, load_member
+from enserve.members.mapped import can_map, mapped_module
 from enserve.members.preprocess import Preprocessor
 from enserve.spec import EnsembleSpec, MemberSpec
 from enserve.variants.artifacts import artifact_path as _artifact_path
@@ -141,6 +142,8 @@ def _build_torch_variant(spec: EnsembleSpec, member: MemberSpec, variant: str,
     torch.set_num_threads(max(1, threads))
 
     def fresh_module() -> torch.nn.Module:
+        if can_map(member):  # weights mapped from one cached file, shared by instances
+            return mapped_module(spec, member, cache_dir)
         return build_torch_module(spec, member).eval()
 
     if variant == "eager":
