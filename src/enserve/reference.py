@@ -12,10 +12,23 @@ from enserve.errors import SpecError
 from enserve.members import Member, load_member
 from enserve.result import EnsembleResult, validate_inputs
 from enserve.spec import EnsembleSpec
+from enserve.validated import known_output_shape, remember_output_shape
 
 
 def check_output_shapes(spec: EnsembleSpec, members: Mapping[str, Member]) -> tuple[int, ...]:
-    """Probe every member and fail (naming them) if their output shapes disagree."""
+    """Probe every member and fail (naming them) if their output shapes disagree.
+
+    An ensemble validated before (same inputs, same member fingerprints: see
+    `enserve.validated`) is not probed again: its remembered shape is returned."""
+    known = known_output_shape(spec)
+    if known is not None:
+        return known
+    shape = _probe_output_shapes(spec, members)
+    remember_output_shape(spec, shape)
+    return shape
+
+
+def _probe_output_shapes(spec: EnsembleSpec, members: Mapping[str, Member]) -> tuple[int, ...]:
     shapes: dict[str, tuple[int, ...]] = {}
     for m in spec.members:
         tensor = spec.input_for(m)

@@ -300,6 +300,13 @@ class Engine:
         with self._lock:
             return {h.label: h.process.pid for h in self._handles if h.process is not None}
 
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """Logits shape `(-1, classes)` the workers reported when they started."""
+        if self._outputs is None:
+            return None
+        return (-1, *self._outputs.layout.fields[0].shape[1:])
+
     def memory(self) -> dict[str, Any]:
         """RSS/PSS/USS of the workers and of this process's whole tree (engine, fork
         servers, workers): see `enserve.runtime.memory`."""

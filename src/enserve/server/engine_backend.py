@@ -54,6 +54,10 @@ class EngineBackend:
             max_batch=max_batch, max_queue=max_queue,
         )
         self.engine.start()
+        shape = self.engine.output_shape  # reported by the workers: no probe request
+        if shape is not None:
+            self._classes = int(shape[-1])
+            return
         try:
             probe = {
                 t.name: np.ones((1, *t.shape[1:]), dtype=numpy_dtype(t.datatype)) for t in spec.inputs
