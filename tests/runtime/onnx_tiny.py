@@ -29,6 +29,33 @@ def write_linear_onnx(path: Path, features: int, classes: int, seed: int) -> Pat
     return path
 
 
+def write_wide_onnx(path: Path, seed: int = 0) -> Path:
+    """x [B, 3, 2, 2] -> 12 -> 2048 -> 1024 -> 5 (about 8 MiB of weights), random weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    sizes = [12, 2048, 1024, 5]
+    nodes = [helper.make_node("Flatten", ["x"], ["h0"], axis=1)]
+    inits = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        scale = np.float32(1 / np.sqrt(a))
+        inits.append(numpy_helper.from_array(rng.standard_normal((a, b)).astype(np.float32) * scale, f"W{i}"))
+        inits.append(numpy_helper.from_array(rng.standard_normal(b).astype(np.float32) * scale, f"b{i}"))
+        out = "logits" if i == len(sizes) - 2 else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [f"h{i}", f"W{i}", f"b{i}"], [out]))
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
+    graph = helper.make_graph(
+        nodes, "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def mapped_libraries(pid: int) -> set[str]:
     """File names of the shared libraries process `pid` has mapped."""
     names = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ from enserve.members.base import Member
 from enserve.members.preprocess import Preprocessor
 
 
-def make_session(model: str | bytes | Path, threads: int = 1) -> object:
-    """An ORT CPU session with thread spinning off (spinning sessions starve each other)."""
+def session_options(threads: int = 1) -> object:
+    """ORT CPU options with thread spinning off (spinning sessions starve each other)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -21,7 +22,27 @@ def make_session(model: str | bytes | Path, threads: int = 1) -> object:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model
+    return opts
+
+
+def make_session(model: str | bytes | Path, threads: int = 1, share_weights: bool = True) -> object:
+    """An ORT CPU session. A model given as a file path is loaded through its optimized,
+    externally stored copy (`onnx_shared`), so its weights are mapped from the page cache
+    and shared by every session of it on the machine; bytes are loaded as they are."""
+    import onnxruntime as ort
+
+    opts = session_options(threads)
+    source: str | bytes = str(model) if isinstance(model, Path) else model
+    if share_weights and isinstance(model, Path) and not os.environ.get("ENSERVE_ORT_PRIVATE"):
+        from enserve.members.onnx_shared import shared_model
+
+        try:
+            source = str(shared_model(model, lambda: session_options(threads)))
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # type: ignore[attr-defined]
+            # pre-packing would copy MatMul/Gemm weights out of the shared mapping
+            opts.add_session_config_entry("session.disable_prepacking", "1")  # type: ignore[attr-defined]
+        except Exception:
+            source = str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 

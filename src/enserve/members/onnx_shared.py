@@ -1,0 +1,77 @@
+"""ONNX Runtime sessions whose weights are mapped from a file, so every session of the same
+model on the machine shares one copy of them.
+
+By default ORT reads a model's initializers into private memory, then optimizes the
+graph (Conv+BN fusion, layout changes) into new private tensors: each session holds its
+own copy. Here a model file is optimized once per machine and saved with its
+initializers in an external data file (`<cache>/ort/<model>-<key>.onnx` + `.data`); later
+sessions load that optimized model with no further graph optimization, and ORT maps the
+external data file instead of copying it. The optimized graph may use kernels specific to
+this CPU, so the key covers the model's bytes, the ORT version and the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+from functools import cache
+from pathlib import Path
+
+from enserve.variants.fingerprint import _file_digest, default_cache_dir
+
+MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inside the .onnx file
+
+
+@cache
+def _cpu_identity() -> str:
+    model = flags = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].strip()
+    return f"{platform.machine()}|{model}|{flags}"
+
+
+def optimized_path(model: Path, cache_dir: Path | None = None) -> Path:
+    import onnxruntime as ort
+
+    key = hashlib.sha256("|".join(
+        [_file_digest(model), ort.__version__, _cpu_identity()]).encode()).hexdigest()[:24]
+    root = cache_dir if cache_dir is not None else default_cache_dir()
+    return root / "ort" / f"{model.stem}-{key}.onnx"
+
+
+def shared_model(model: Path, make_options: object, cache_dir: Path | None = None) -> Path:
+    """The optimized copy of `model` with external initializers, written on first use.
+
+    `make_options()` returns fresh `SessionOptions` (threads etc.) to optimize with."""
+    import onnxruntime as ort
+
+    final = optimized_path(model, cache_dir)
+    data_name = final.with_suffix(".data").name
+    if final.is_file() and final.with_suffix(".data").is_file():
+        return final
+    work = final.parent / f".tmp-{os.getpid()}-{final.stem}"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        opts = make_options()  # type: ignore[operator]
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(work / final.name)
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", data_name)
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            str(MIN_EXTERNAL_BYTES))
+        ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        # link, not replace: sessions racing to write it all end up mapping the same files
+        for name in (data_name, final.name):  # the data before the model that names it
+            with contextlib.suppress(FileExistsError):
+                os.link(work / name, final.parent / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
