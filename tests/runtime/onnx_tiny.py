@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def write_wide_onnx(path: Path, seed: int = 0) -> Path:
     sizes = [12, 2048, 1024, 5]
     nodes = [helper.make_node("Flatten", ["x"], ["h0"], axis=1)]
     inits = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         scale = np.float32(1 / np.sqrt(a))
         inits.append(numpy_helper.from_array(rng.standard_normal((a, b)).astype(np.float32) * scale, f"W{i}"))
         inits.append(numpy_helper.from_array(rng.standard_normal(b).astype(np.float32) * scale, f"b{i}"))
