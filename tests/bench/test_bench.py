@@ -114,6 +114,10 @@ def test_bench_json_has_the_documented_shape(tiny_spec_path: Path, capsys):
     for key in ("throughput", "p50_s", "p95_s", "p99_s", "predicted_throughput"):
         assert key in report["enserve"]
     assert report["enserve"]["throughput"] > 0
+    memory = report["enserve"]["memory"]  # the process tree and the engine's workers
+    assert memory["workers"]["processes"] >= 1
+    for part in (memory["workers"], memory["tree"]):
+        assert 0 < part["uss"] <= part["pss"] <= part["rss"]
     assert set(report["baselines"]) == {"sequential", "naive"}
     for base in report["baselines"].values():
         assert base["throughput"] > 0 and base["p50_s"] > 0

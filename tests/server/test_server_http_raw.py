@@ -122,8 +122,14 @@ def test_metrics_names(server: RunningServer, http: httpx.Client) -> None:
                  "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
                  "nv_inference_pending_request_count", "nv_cpu_utilization", "nv_cpu_memory_used_bytes",
                  "enserve_member_latency_seconds_bucket", "enserve_member_skew_seconds_count",
-                 "enserve_combine_seconds_sum"):
+                 "enserve_combine_seconds_sum", "enserve_process_tree_processes",
+                 "enserve_process_tree_rss_bytes", "enserve_process_tree_pss_bytes",
+                 "enserve_process_tree_uss_bytes"):
         assert f"\n{name}" in text, name
+    tree = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith("enserve_process_tree_")}
+    assert 0 < tree["enserve_process_tree_pss_bytes"] <= tree["enserve_process_tree_rss_bytes"]
+    assert tree["enserve_process_tree_processes"] >= 1
     assert 'nv_inference_count{model="tiny.lin",version="1"}' in text
     assert 'enserve_member_latency_seconds_count{member="mlp",model="tiny"}' in text
     assert http.get("/metrics").status_code == 200

@@ -142,14 +142,19 @@ def _build_torch_variant(spec: EnsembleSpec, member: MemberSpec, variant: str,
     torch.set_num_threads(max(1, threads))
 
     def fresh_module() -> torch.nn.Module:
-        if can_map(member):  # weights mapped from one cached file, shared by instances
-            return mapped_module(spec, member, cache_dir)
         return build_torch_module(spec, member).eval()
 
+    def served_module() -> torch.nn.Module:
+        """For variants that run the module's own weights: mapped from one cached file
+        (shared by every instance on the machine) where the member allows it."""
+        if can_map(member):
+            return mapped_module(spec, member, cache_dir)
+        return fresh_module()
+
     if variant == "eager":
-        return TorchMember(member.name, fresh_module(), pre, variant="eager")
+        return TorchMember(member.name, served_module(), pre, variant="eager")
     if variant == "channels_last":
-        module = fresh_module().to(memory_format=torch.channels_last)
+        module = served_module().to(memory_format=torch.channels_last)
         return TorchMember(member.name, module, pre, variant="channels_last", channels_last=True)
     if variant == "bf16":
         return AutocastTorchMember(member.name, _autocast_module(fresh_module()), pre,
