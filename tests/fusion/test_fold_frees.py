@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tiny_models import randomized, small_cnn, write_torch_ensemble
 
 import enserve.fusion.fold as fold
 from enserve.fusion import load_fused
 from enserve.reference import ReferenceExecutor
 from enserve.spec import load_spec
+from tests.helpers.tiny_models import randomized, small_cnn, write_torch_ensemble
 
 
 def _conv_weights(module: torch.nn.Module) -> list[torch.Tensor]:

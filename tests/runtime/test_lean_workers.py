@@ -10,9 +10,8 @@ import numpy as np
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine, launch
 from enserve.spec import spec_from_dict
-
-from .onnx_tiny import imports_torch, write_linear_onnx
-from .tiny import MODELS
+from tests.helpers.onnx_models import imports_torch, write_linear_onnx
+from tests.helpers.runtime import MODELS
 
 
 def _mixed_spec(folder: Path, with_torch: bool):

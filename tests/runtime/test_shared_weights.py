@@ -16,8 +16,7 @@ from enserve.runtime import Engine
 from enserve.runtime.memory import mapping_memory, pids_memory, tree_memory
 from enserve.spec import spec_from_dict
 from enserve.variants.artifacts import artifact_path
-
-from .onnx_tiny import write_wide_onnx
+from tests.helpers.onnx_models import write_wide_onnx
 
 WIDE = textwrap.dedent('''
     import torch

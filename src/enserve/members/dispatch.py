@@ -3,23 +3,12 @@ imported (an ONNX member never imports torch)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from enserve.errors import ModelLoadError
 from enserve.members.base import Member
 from enserve.members.onnx_member import OnnxMember
+from enserve.members.paths import member_path, member_where
 from enserve.members.preprocess import Preprocessor
 from enserve.spec import EnsembleSpec, MemberSpec
-
-
-def member_where(spec: EnsembleSpec, member: MemberSpec, field: str = "source") -> str:
-    """`file: members.N.field (name)`, for error messages."""
-    index = spec.members.index(member)
-    return f"{spec.source_file}: members.{index}.{field} ({member.name})"
-
-
-def member_path(spec: EnsembleSpec, member: MemberSpec, relative: str, field: str) -> Path:
-    return spec.resolve_path(relative, f"members.{spec.members.index(member)}.{field}")
 
 
 def load_member(spec: EnsembleSpec, member: MemberSpec | str, threads: int | None = None) -> Member:

@@ -17,15 +17,15 @@ import torch
 
 from enserve.errors import ModelLoadError, SpecError
 from enserve.members.base import Member
-from enserve.members.dispatch import load_member, member_path, member_where
+from enserve.members.paths import member_path, member_where
 from enserve.members.preprocess import Preprocessor
 from enserve.members.torch_member import TorchMember
 from enserve.spec import EnsembleSpec, MemberSpec
 
 _where = member_where
 _member_path = member_path
-__all__ = ["build_architecture", "build_torch_module", "load_member", "load_torch_member",
-           "read_state_dict", "torchvision_arch"]
+__all__ = ["build_architecture", "build_torch_module", "load_torch_member", "read_state_dict",
+           "torchvision_arch"]
 
 
 def torchvision_arch(arch: str, num_classes: int | None, seed: int, where: str) -> torch.nn.Module:

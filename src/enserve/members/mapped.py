@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from enserve.fastload import load_packed, pack_ensemble, packable
+from enserve.members.packed import load_packed, pack_ensemble, packable
 from enserve.spec import EnsembleSpec, MemberSpec
 from enserve.variants.artifacts import artifact_path
 from enserve.variants.fingerprint import atomic_write_target

@@ -9,8 +9,7 @@ import pytest
 import enserve.reference as reference
 from enserve.reference import ReferenceExecutor
 from enserve.spec import spec_from_dict
-
-from .tiny import make_spec
+from tests.helpers.runtime import make_spec
 
 
 def test_second_load_skips_the_probe_until_a_member_changes(tmp_path: Path, monkeypatch):
