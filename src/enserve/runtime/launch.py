@@ -144,7 +144,7 @@ def needs_torch(spec: EnsembleSpec, member: str, variant: str, device: str = "cp
     if group is not None:
         return group.kind != "onnx"
     member_spec = spec.member(member)
-    if member_spec.kind == "onnx":
+    if member_spec.kind in ("onnx", "simulate"):
         return False
     chosen = default_variant(member_spec) if variant in ("default", "", None) else variant
     if chosen != "onnx":

@@ -45,7 +45,7 @@ def load_variant(
             f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
             f"'{variant}'; available: {', '.join(allowed)}"
         )
-    if member_spec.kind == "onnx":
+    if member_spec.kind in ("onnx", "simulate"):  # neither runs PyTorch
         return load_member(spec, member_spec, threads=max(1, threads))
     if variant == "onnx" and device == "cpu":
         path = cached_onnx(spec, member_spec, cache_dir)
