@@ -9,7 +9,7 @@ BACKEND="${ENSERVE_BACKEND:-engine}"
 .venv/bin/enserve demo
 
 workdir=$(mktemp -d)
-.venv/bin/enserve serve examples --model digits --backend "$BACKEND" \
+.venv/bin/enserve serve examples --model digits --backend "$BACKEND" --trust-code models.py \
   --http-port 0 --grpc-port 0 --metrics-port 0 \
   --port-file "$workdir/ports.json" --log-level warning &
 server=$!

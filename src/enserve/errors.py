@@ -27,5 +27,19 @@ class InferenceError(EnserveError):
     """A request could not be answered (bad input, a failed member, overload, timeout)."""
 
 
-class OverloadedError(InferenceError):
+class UnavailableError(InferenceError):
+    """Not the client's fault and maybe gone soon: the model is loading, unloading, stopping
+    or has no running worker right now (HTTP 503 with `Retry-After`, gRPC UNAVAILABLE)."""
+
+
+class OverloadedError(UnavailableError):
     """The engine's queue is full; the request was rejected, not queued."""
+
+
+class MemberFailedError(InferenceError):
+    """A member (or the worker running it) failed while answering valid input: the server's
+    fault (HTTP 500, gRPC INTERNAL), not the client's."""
+
+
+class DeadlineError(InferenceError):
+    """The request's deadline passed before it was answered (HTTP 504, gRPC DEADLINE_EXCEEDED)."""

@@ -44,6 +44,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="requests admitted at once; more get 503 'server overloaded'")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds shutdown waits for admitted requests")
+    p.add_argument("--request-timeout", type=float, default=60.0,
+                   help="deadline (s) of a request that sets no 'timeout' parameter or gRPC "
+                        "deadline; a request may set a longer or shorter one (0: none)")
+    p.add_argument("--hang-timeout", type=float, default=30.0,
+                   help="engine: a worker holding work that answers nothing this long (s) is "
+                        "killed and restarted (0: never); a stopped (SIGSTOP) worker is caught "
+                        "within a second regardless")
+    p.add_argument("--body-budget-mb", type=float, default=256.0,
+                   help="request bodies held at once (MiB); a body that does not fit gets 503 "
+                        "before it is read")
+    p.add_argument("--max-header-kb", type=float, default=64.0,
+                   help="largest request line plus headers (KiB; else 431)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers (else 408, closed)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="longest pause (s) while a request body is read (else 408, closed)")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="open HTTP connections per listener; more get 503")
     p.add_argument("--repository-token-env", default="ENSERVE_REPOSITORY_TOKEN", metavar="VAR",
                    help="environment variable holding the bearer token the repository endpoints "
                         "require (unset: no token)")
@@ -73,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
         max_tensor_elements=args.max_elements, max_pending=args.max_pending,
         drain_timeout_s=args.drain_timeout,
+        request_timeout_s=args.request_timeout or None,
+        body_budget_bytes=int(args.body_budget_mb * 1024 * 1024),
+        max_header_bytes=int(args.max_header_kb * 1024), header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, max_connections=args.max_connections,
     )
     config = ServerConfig(
         repository=args.repository, host=args.host, http_port=_port(args.http_port),
@@ -83,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=(int(args.memory_budget_mb * 1024 * 1024)
                              if args.memory_budget_mb is not None else None),
         idle_unload_s=args.idle_unload_s, dashboard=args.dashboard,
-        plan_policy=args.plan_policy,
+        plan_policy=args.plan_policy, hang_timeout_s=args.hang_timeout or None,
     )
     run_server(config)
     return 0

@@ -20,6 +20,7 @@ from enserve.members.base import Member
 from enserve.members.paths import member_path, member_where
 from enserve.members.preprocess import Preprocessor
 from enserve.members.torch_member import TorchMember
+from enserve.members.trust import require_trusted
 from enserve.spec import EnsembleSpec, MemberSpec
 
 _where = member_where
@@ -51,6 +52,7 @@ def _python_factory(spec: EnsembleSpec, target: str, where: str) -> torch.nn.Mod
         raise SpecError(f"{where}: expected python:<module or file.py>:<factory>, got '{target}'")
     if module_ref.endswith(".py"):
         path = spec.resolve_path(module_ref, where.split(": ", 1)[-1])
+        require_trusted(module_ref, where, path.resolve())
         mod_name = f"enserve_user_{abs(hash(str(path)))}"
         module = sys.modules.get(mod_name)
         if module is None:
@@ -61,6 +63,7 @@ def _python_factory(spec: EnsembleSpec, target: str, where: str) -> torch.nn.Mod
             sys.modules[mod_name] = module
             file_spec.loader.exec_module(module)
     else:
+        require_trusted(module_ref, where)
         try:
             module = importlib.import_module(module_ref)
         except ImportError as exc:

@@ -35,7 +35,15 @@ import numpy as np
 
 from enserve.combine import RunningCombination
 from enserve.datatypes import numpy_dtype
-from enserve.errors import EnserveError, InferenceError, ModelLoadError, SpecError
+from enserve.errors import (
+    DeadlineError,
+    EnserveError,
+    InferenceError,
+    MemberFailedError,
+    ModelLoadError,
+    SpecError,
+    UnavailableError,
+)
 from enserve.result import EnsembleResult, output_names, validate_inputs
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
 from enserve.runtime.corelocks import create_lock_dir, remove_lock_dir
@@ -236,7 +244,7 @@ class Engine:
         Raises InferenceError for bad inputs or a stopped engine, OverloadedError when the
         queue is full."""
         if self._state != "running":
-            raise InferenceError(f"engine is {self._state}, not accepting requests")
+            raise UnavailableError(f"engine is {self._state}, not accepting requests")
         if outputs is not None:
             unknown = sorted(set(outputs) - set(output_names(self.spec)))
             if unknown:
@@ -270,7 +278,7 @@ class Engine:
             self._launch(slot, [request])
         except Exception as exc:  # as in the dispatcher: answer, never lose the request
             log.exception("launch failed")
-            _fail_future(request.future, InferenceError(f"dispatch failed: {exc}"))
+            _fail_future(request.future, MemberFailedError(f"dispatch failed: {exc}"))
             self._free_slots.put(slot)
         return True
 
@@ -285,7 +293,7 @@ class Engine:
         try:
             return future.result(timeout=timeout)
         except TimeoutError:
-            raise InferenceError(f"no answer within {timeout} s") from None
+            raise DeadlineError(f"no answer within {timeout} s") from None
 
     # ----------------------------------------------------------------- introspection
     @property
@@ -419,7 +427,7 @@ class Engine:
             batch = self._gatherer.fill([first])
             if self._state == "stopped":  # woken by stop() after the drain timed out
                 for r in batch:
-                    _fail_future(r.future, InferenceError("engine stopped"))
+                    _fail_future(r.future, UnavailableError("engine stopped"))
                 self._free_slots.put(slot)
                 continue
             try:
@@ -427,7 +435,7 @@ class Engine:
             except Exception as exc:  # never let the dispatcher die silently
                 log.exception("dispatch failed")
                 for r in batch:
-                    _fail_future(r.future, InferenceError(f"dispatch failed: {exc}"))
+                    _fail_future(r.future, MemberFailedError(f"dispatch failed: {exc}"))
                 self._free_slots.put(slot)
 
     def _launch(self, slot: int, requests: list[PendingRequest]) -> None:
@@ -471,7 +479,8 @@ class Engine:
             self._backlog[chunk.member].append(chunk)
             return
         self._fail_batch(chunk.batch, f"member '{chunk.member}' has no running worker "
-                                      f"(restarted {self.max_restarts} times, gave up)")
+                                      f"(restarted {self.max_restarts} times, gave up)",
+                         UnavailableError)
         self._drop(chunk)
 
     # ----------------------------------------------------------------- collector
@@ -647,7 +656,8 @@ class Engine:
                 backlog = self._backlog[h.cfg.member]
                 while backlog:
                     chunk = backlog.popleft()
-                    self._fail_batch(chunk.batch, f"member '{chunk.member}' has no worker")
+                    self._fail_batch(chunk.batch, f"member '{chunk.member}' has no worker",
+                                     UnavailableError)
                     self._drop(chunk)
             self._changed.notify_all()
 
@@ -687,12 +697,14 @@ class Engine:
                 self._counters.completed += 1
                 self._counters.latencies.append(now - r.submitted)
 
-    def _fail_batch(self, batch: _Batch, message: str) -> None:
+    def _fail_batch(self, batch: _Batch, message: str,
+                    kind: type[InferenceError] = MemberFailedError) -> None:
+        """Fail the batch's requests with `kind` (by default: a member's fault, a 500)."""
         if batch.error is not None:
             return
         batch.error = message
         for r in batch.requests:
-            if _fail_future(r.future, InferenceError(message)):
+            if _fail_future(r.future, kind(message)):
                 self._counters.failed += 1
         for member, backlog in self._backlog.items():
             keep = deque(c for c in backlog if c.batch is not batch)
@@ -733,13 +745,13 @@ class Engine:
             stop_workers(self._handles)
             self._state = "stopped"
             for batch in list(self._batches.values()):
-                self._fail_batch(batch, "engine stopped before the batch finished")
+                self._fail_batch(batch, "engine stopped before the batch finished", UnavailableError)
             while True:
                 try:
                     r = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if r is not None and _fail_future(r.future, InferenceError("engine stopped")):
+                if r is not None and _fail_future(r.future, UnavailableError("engine stopped")):
                     self._counters.failed += 1
         os.write(self._wake_w, b"x")
         self._free_slots.put(0)  # wake a dispatcher blocked on a slot

@@ -22,6 +22,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from enserve.errors import EnserveError
+from enserve.runtime.scratch import enter_scratch
+from enserve.server.connections import ConnectionLimits, guarded_protocol
 from enserve.server.dashboard import add_dashboard
 from enserve.server.dataplane import DataPlane
 from enserve.server.grpc import build_grpc_server
@@ -57,11 +59,15 @@ class ServerConfig:
     """Serve the operator's page at `/dashboard` and its JSON at `/dashboard/state` (HTTP port)."""
     plan_policy: str = "replan"
     """An ensemble's plan.json made on other hardware: reuse, replan or fail."""
+    hang_timeout_s: float | None = 30.0
+    """Engine backend: a worker holding work that answers nothing this long is killed and
+    restarted (None: never)."""
 
 
 def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
                     ray_address: str | None = None,
-                    plan_policy: str = "replan") -> BackendFactory:
+                    plan_policy: str = "replan",
+                    hang_timeout_s: float | None = 30.0) -> BackendFactory:
     if kind == "reference":
         from enserve.server.backend import ReferenceBackend
 
@@ -74,7 +80,8 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
             raise EnserveError(f"--backend engine: {reason}")
         limits = limits or Limits()
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
-                                          max_queue=limits.max_pending, plan_policy=plan_policy)
+                                          max_queue=limits.max_pending, plan_policy=plan_policy,
+                                          hang_timeout_s=hang_timeout_s)
     if kind == "ray":
         from enserve.runtime.ray import ray_available
 
@@ -88,6 +95,13 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
                                        max_batch=ray_limits.max_batch,
                                        max_queue=ray_limits.max_pending)
     raise EnserveError(f"unknown backend '{kind}' (reference, engine, ray)")
+
+
+def connection_limits(limits: Limits) -> ConnectionLimits:
+    return ConnectionLimits(max_header_bytes=limits.max_header_bytes,
+                            header_timeout_s=limits.header_timeout_s,
+                            body_timeout_s=limits.body_timeout_s,
+                            max_connections=limits.max_connections)
 
 
 class _QuietSignals(uvicorn.Server):
@@ -117,8 +131,9 @@ def _listen(host: str, port: int) -> socket.socket:
 class EnserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        enter_scratch()  # sweep what a killed server left; our temp files go in one folder
         factory = backend_factory(config.backend, config.threads, config.limits,
-                                  config.ray_address, config.plan_policy)
+                                  config.ray_address, config.plan_policy, config.hang_timeout_s)
         self.repository: ModelRepository
         if config.memory_budget_bytes is not None:
             self.repository = BudgetedRepository(
@@ -173,7 +188,8 @@ class EnserveServer:
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(self.config.limits.drain_timeout_s) or 1,
-            limit_concurrency=None, timeout_keep_alive=30,
+            limit_concurrency=None, timeout_keep_alive=15,
+            http=guarded_protocol(connection_limits(self.config.limits)),
         )
         server = _QuietSignals(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from enserve.errors import InferenceError
+from enserve.errors import MemberFailedError, UnavailableError
 from enserve.members.slowed import Slowed, slow_members
 from enserve.reference import ReferenceExecutor
 from enserve.result import EnsembleResult
@@ -105,7 +105,10 @@ class ReferenceBackend:
         logits: dict[str, np.ndarray] = {}
         for m in self.spec.members:
             t0 = time.perf_counter()
-            logits[m.name] = self.executor.members[m.name](inputs[self.spec.input_for(m).name])
+            try:
+                logits[m.name] = self.executor.members[m.name](inputs[self.spec.input_for(m).name])
+            except Exception as exc:  # valid input (validated before): the member's fault
+                raise MemberFailedError(f"member '{m.name}' failed: {type(exc).__name__}: {exc}") from None
             member_s[m.name] = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = self.executor.combine(logits)
@@ -118,7 +121,7 @@ class ReferenceBackend:
         try:
             return await loop.run_in_executor(self._pool, self._run, inputs, deadline, time.monotonic())
         except RuntimeError as exc:  # pool shut down by an unload racing this request
-            raise InferenceError(f"model '{self.spec.name}' was unloaded: {exc}") from None
+            raise UnavailableError(f"model '{self.spec.name}' was unloaded: {exc}") from None
 
     async def infer_members(self, inputs: Mapping[str, np.ndarray], members: Sequence[str],
                             answer_by: float | None = None, min_members: int = 1) -> Outcome:
@@ -129,7 +132,7 @@ class ReferenceBackend:
             return await loop.run_in_executor(self._pool, self._run_members, inputs,
                                               tuple(members), answer_by, min_members)
         except RuntimeError as exc:  # pool shut down by an unload racing this request
-            raise InferenceError(f"model '{self.spec.name}' was unloaded: {exc}") from None
+            raise UnavailableError(f"model '{self.spec.name}' was unloaded: {exc}") from None
 
     def _run_members(self, inputs: Mapping[str, np.ndarray], members: tuple[str, ...],
                      answer_by: float | None, min_members: int) -> Outcome:

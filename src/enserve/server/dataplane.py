@@ -18,9 +18,10 @@ from enserve.datatypes import numpy_dtype, v2_datatype
 from enserve.policies.parameters import RequestPolicy
 from enserve.result import validate_inputs
 from enserve.server.backend import Outcome, Timing
+from enserve.server.decoding import Decoder
 from enserve.server.errors import Code, ServerError, as_server_error
 from enserve.server.instance_metrics import BackendStats, instance_lines
-from enserve.server.limits import Admission, Limits
+from enserve.server.limits import Admission, BodyBudget, Limits
 from enserve.server.metrics import Metrics
 from enserve.server.policy import PolicyFiles, PolicyOutcome, run_policy
 from enserve.server.protocol import InferRequest, InferResponse, tensor_from_bytes, timeout_deadline
@@ -50,6 +51,8 @@ class DataPlane:
         self.repository = repository
         self.limits = limits or Limits()
         self.admission = Admission(self.limits.max_pending)
+        self.body_budget = BodyBudget(self.limits.body_budget_bytes)
+        self.decoder = Decoder()
         self.stats = StatsBook()
         residency = getattr(repository, "residency", None)  # a BudgetedRepository's
         self.metrics = Metrics(self.stats, residency.stats if residency is not None else None)
@@ -180,7 +183,10 @@ class DataPlane:
         spec = loaded.spec
         arrived = time.monotonic()
         inputs = self._request_inputs(spec, request)
-        deadline = _earliest(request.deadline, timeout_deadline(request.parameters, time.monotonic()))
+        now = time.monotonic()
+        deadline = _earliest(request.deadline, timeout_deadline(request.parameters, now))
+        if deadline is None and self.limits.request_timeout_s is not None:
+            deadline = now + self.limits.request_timeout_s  # the server's default deadline
         policy = self.policies.request(spec, request.parameters)
         input_s = time.perf_counter() - started
         parameters: dict[str, Any] = {}
@@ -253,7 +259,8 @@ class DataPlane:
             return await asyncio.wait_for(loaded.backend.infer(inputs, deadline), remaining)
         except TimeoutError:
             raise ServerError(
-                f"request timed out after {remaining * 1000:.1f} ms (parameters.timeout)", Code.TIMEOUT
+                f"request timed out after {remaining * 1000:.1f} ms (its deadline: parameters.timeout, "
+                "the gRPC deadline or the server's default)", Code.TIMEOUT
             ) from None
 
     def _record(self, loaded: LoadedEnsemble, batch: int, timing: Timing, input_s: float,
@@ -297,6 +304,7 @@ class DataPlane:
         until = time.monotonic() + self.limits.drain_timeout_s
         while self.admission.pending and time.monotonic() < until:
             await asyncio.sleep(0.01)
+        self.decoder.close()
 
 
 def output_metadata(spec: EnsembleSpec, classes: int) -> list[dict[str, Any]]:

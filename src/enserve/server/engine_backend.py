@@ -37,7 +37,7 @@ def engine_available() -> str | None:
 
 class EngineBackend:
     def __init__(self, spec: EnsembleSpec, max_batch: int = 256, max_queue: int = 1024,
-                 plan_policy: str = "replan") -> None:
+                 plan_policy: str = "replan", hang_timeout_s: float | None = 30.0) -> None:
         from enserve.runtime.engine import Engine, load_plan_file
 
         self.spec = spec
@@ -51,7 +51,7 @@ class EngineBackend:
         self.engine = Engine(
             spec, plan=plan,
             profile=profile_file if profile_file.is_file() and not plan_file.is_file() else None,
-            max_batch=max_batch, max_queue=max_queue,
+            max_batch=max_batch, max_queue=max_queue, task_timeout_s=hang_timeout_s,
         )
         self.engine.start()
         shape = self.engine.output_shape  # reported by the workers: no probe request

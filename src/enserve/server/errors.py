@@ -1,10 +1,36 @@
-"""Protocol errors: each carries its HTTP status and gRPC code, so both adapters answer alike."""
+"""Protocol errors: one table maps every error kind to its HTTP status and gRPC code, so both
+adapters answer alike and the status says whose fault it is.
+
+| kind | HTTP | gRPC | meaning |
+|---|---|---|---|
+| BAD_REQUEST | 400 | INVALID_ARGUMENT | malformed or invalid input: the client's fault |
+| UNAUTHORIZED | 401 | UNAUTHENTICATED | repository endpoints without the bearer token |
+| NOT_FOUND | 404 | NOT_FOUND | no such model |
+| TOO_LARGE | 413 | RESOURCE_EXHAUSTED | body, tensor or batch over a limit |
+| UNSUPPORTED_ENCODING | 415 | INVALID_ARGUMENT | Content-Encoding other than gzip/deflate |
+| HEADERS_TOO_LARGE | 431 | RESOURCE_EXHAUSTED | request headers over the limit |
+| INTERNAL | 500 | INTERNAL | a member or worker failed on valid input: the server's fault |
+| UNAVAILABLE | 503 + Retry-After | UNAVAILABLE | loading, unloading, draining, overloaded, no worker now |
+| TIMEOUT | 504 | DEADLINE_EXCEEDED | the request's deadline passed |
+
+Error messages never carry an absolute filesystem path (`public_message`).
+"""
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
-from enserve.errors import EnserveError, InferenceError, OverloadedError
+from enserve.errors import (
+    DeadlineError,
+    EnserveError,
+    InferenceError,
+    MemberFailedError,
+    UnavailableError,
+)
+
+RETRY_AFTER_S = 1
+"""The `Retry-After` a 503 answer carries (seconds)."""
 
 
 class Code(Enum):
@@ -17,6 +43,7 @@ class Code(Enum):
     TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
     UNSUPPORTED_ENCODING = (415, "INVALID_ARGUMENT")
     TOO_MANY = (429, "RESOURCE_EXHAUSTED")
+    HEADERS_TOO_LARGE = (431, "RESOURCE_EXHAUSTED")
     INTERNAL = (500, "INTERNAL")
     UNAVAILABLE = (503, "UNAVAILABLE")
     TIMEOUT = (504, "DEADLINE_EXCEEDED")
@@ -30,21 +57,49 @@ class Code(Enum):
         return self.value[1]
 
 
+# An absolute POSIX path: a "/" not preceded by a word character, then one or more segments.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(/[\w.@+~-]+)+/?")
+
+
+def public_message(message: str) -> str:
+    """`message` with every absolute path cut to its last component (`/a/b/c.yaml` → `c.yaml`):
+    error bodies tell what went wrong without showing the server's file layout."""
+
+    def last(match: re.Match[str]) -> str:
+        path = match.group(0).rstrip("/")
+        return path.rsplit("/", 1)[-1] or "/"
+
+    return _ABSOLUTE_PATH.sub(last, message)
+
+
 class ServerError(EnserveError):
     """An error answered to a client: `{"error": message}` with `code`'s status."""
 
     def __init__(self, message: str, code: Code = Code.BAD_REQUEST) -> None:
+        message = public_message(message)
         super().__init__(message)
         self.message = message
         self.code = code
+
+    def __reduce__(self) -> tuple[type[ServerError], tuple[str, Code]]:  # keeps the code across processes
+        return type(self), (self.message, self.code)
+
+
+_KINDS: tuple[tuple[type[BaseException], Code], ...] = (
+    (UnavailableError, Code.UNAVAILABLE),  # includes OverloadedError
+    (MemberFailedError, Code.INTERNAL),
+    (DeadlineError, Code.TIMEOUT),
+    (TimeoutError, Code.TIMEOUT),
+    (InferenceError, Code.BAD_REQUEST),
+    (EnserveError, Code.BAD_REQUEST),
+)
 
 
 def as_server_error(exc: BaseException) -> ServerError:
     """Map any exception raised while answering a request onto a client-facing error."""
     if isinstance(exc, ServerError):
         return exc
-    if isinstance(exc, OverloadedError):
-        return ServerError(str(exc), Code.UNAVAILABLE)
-    if isinstance(exc, InferenceError | EnserveError):
-        return ServerError(str(exc), Code.BAD_REQUEST)
+    for kind, code in _KINDS:
+        if isinstance(exc, kind):
+            return ServerError(str(exc), code)
     return ServerError(f"internal error: {type(exc).__name__}: {exc}", Code.INTERNAL)

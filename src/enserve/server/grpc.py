@@ -6,6 +6,7 @@ package, so the wire format is exactly the one `tritonclient.grpc` speaks.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -74,7 +75,7 @@ def decode_request(message: pb.ModelInferRequest, limits: Limits) -> InferReques
             if field is None:
                 raise ServerError(f"input '{name}': {tensor.datatype} must be sent in raw_input_contents")
             values = np.asarray(getattr(tensor.contents, field), dtype=dtype)
-            if values.size != int(np.prod(shape)):
+            if values.size != math.prod(shape):
                 raise ServerError(f"input '{name}': {values.size} values for shape {list(shape)}")
             inputs[name] = values.reshape(shape)
     if not inputs:

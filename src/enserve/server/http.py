@@ -12,40 +12,58 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from enserve.server.codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from enserve.server.codec import HEADER_LENGTH, encode_infer_response
 from enserve.server.dataplane import DataPlane
-from enserve.server.errors import Code, ServerError, as_server_error
+from enserve.server.decoding import THREAD_BYTES
+from enserve.server.errors import RETRY_AFTER_S, Code, ServerError, as_server_error
+from enserve.server.limits import BodyHold
 
 log = logging.getLogger("enserve.server")
-OFFLOAD_BYTES = 256 * 1024
-"""JSON bodies (and outputs) larger than this are decoded (encoded) in a worker thread."""
+OFFLOAD_BYTES = THREAD_BYTES
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def error_response(exc: ServerError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.code is Code.UNAVAILABLE else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.code is Code.UNAVAILABLE else None
     return JSONResponse({"error": exc.message}, status_code=exc.code.http_status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed per `Content-Encoding`, never more than `limit` bytes."""
+async def read_body(request: Request, limit: int, hold: BodyHold | None = None) -> bytes:
+    """The request body, decompressed per `Content-Encoding`, never more than `limit` bytes.
+
+    With `hold`, the body's bytes are reserved in the server's body budget: the declared
+    size before the first byte is read (503 when it does not fit), else as chunks arrive."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServerError(f"request body of {declared} bytes exceeds the limit {limit}", Code.TOO_LARGE)
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
+            raise ServerError("Content-Length must be a non-negative integer")
+        if int(declared) > limit:
+            raise ServerError(f"request body of {declared} bytes exceeds the limit {limit}", Code.TOO_LARGE)
+        if hold is not None:
+            hold.grow_to(int(declared))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ServerError(f"request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
+        if hold is not None:
+            hold.grow_to(size)
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in _WBITS:
-        raise ServerError(f"Content-Encoding '{encoding}' is not supported (gzip, deflate)",
+        raise ServerError(f"Content-Encoding '{encoding[:40]}' is not supported (gzip, deflate)",
                           Code.UNSUPPORTED_ENCODING)
+    data = await asyncio.to_thread(_inflate, body, encoding, limit)  # zlib drops the GIL
+    if hold is not None:
+        hold.grow_to(len(body) + len(data))
+    return data
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     inflater = zlib.decompressobj(_WBITS[encoding])
     try:
         data = inflater.decompress(body, limit + 1)
@@ -67,16 +85,26 @@ def compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
 
 
 async def json_body(request: Request, limit: int) -> dict[str, Any]:
-    body = await read_body(request, limit)
+    body = await read_body(request, min(limit, 1024 * 1024))  # repository calls: small JSON
     if not body.strip():
         return {}
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # incl. ints over 4300 digits
         raise ServerError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ServerError("request body must be a JSON object")
     return data
+
+
+def _header_length(header: str | None) -> int | None:
+    """`Inference-Header-Content-Length`: ASCII digits only (None when absent)."""
+    if header is None:
+        return None
+    value = header.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise ServerError(f"{HEADER_LENGTH} must be a non-negative integer, got '{header[:40]}'")
+    return int(value)
 
 
 def _parameters(body: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +132,8 @@ def build_app(plane: DataPlane) -> FastAPI:
         return error_response(as_server_error(exc))
 
     def status(ok: bool, key: str) -> Response:
-        return JSONResponse({key: ok}, status_code=200 if ok else 400)
+        return JSONResponse({key: ok}, status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/v2/health/live")
     async def live() -> Response:
@@ -145,25 +174,17 @@ def build_app(plane: DataPlane) -> FastAPI:
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer(model: str, request: Request, version: str = "") -> Response:
-        body = await read_body(request, limit)
-        header = request.headers.get(HEADER_LENGTH)
-        header_length: int | None = None
-        if header is not None:
-            if not header.strip().isdigit():
-                raise ServerError(f"{HEADER_LENGTH} must be a non-negative integer, got '{header}'")
-            header_length = int(header)
-        big_json = len(body) > OFFLOAD_BYTES and header_length is None
-        if big_json:  # parsing megabytes of JSON would stall every other request
-            infer_request = await asyncio.to_thread(
-                decode_infer_request, model, version, body, header_length, plane.limits
-            )
-        else:
-            infer_request = decode_infer_request(model, version, body, header_length, plane.limits)
-        response = await plane.infer(infer_request)
-        if big_json or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
-            payload, json_length = await asyncio.to_thread(encode_infer_response, response, infer_request)
-        else:
-            payload, json_length = encode_infer_response(response, infer_request)
+        header_length = _header_length(request.headers.get(HEADER_LENGTH))
+        plane.admission.check()  # refuse an overloaded or draining server before reading the body
+        with plane.body_budget.hold() as hold:
+            body = await read_body(request, limit, hold)
+            infer_request = await plane.decoder.decode(model, version, body, header_length,
+                                                       plane.limits)
+            response = await plane.infer(infer_request)
+            if len(body) > OFFLOAD_BYTES or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
+                payload, json_length = await asyncio.to_thread(encode_infer_response, response, infer_request)
+            else:
+                payload, json_length = encode_infer_response(response, infer_request)
         payload, headers = compress(payload, request)
         if json_length is not None:
             headers[HEADER_LENGTH] = str(json_length)

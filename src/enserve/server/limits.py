@@ -23,6 +23,63 @@ class Limits:
     """Requests admitted at once (queued + running); beyond it: 503 `server overloaded`."""
     drain_timeout_s: float = 30.0
     """How long shutdown waits for admitted requests to finish."""
+    request_timeout_s: float | None = 60.0
+    """Deadline of a request that sets no `timeout` of its own (None: none)."""
+    body_budget_bytes: int = 256 * 1024 * 1024
+    """Bytes of request bodies (HTTP) held at once; a body that does not fit gets 503 before
+    it is read."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request line plus headers (HTTP; else 431)."""
+    header_timeout_s: float = 10.0
+    """Time a client has to send a request's line and headers (else 408, closed)."""
+    body_timeout_s: float = 30.0
+    """Longest pause while the server reads a request body (else 408, closed)."""
+    max_connections: int = 1024
+    """Open HTTP connections per listener; more are answered 503 and closed."""
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once. A body is admitted (its declared size reserved)
+    before it is read; a body without a declared size reserves as it arrives."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.held = 0
+
+    def reserve(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        if self.held + nbytes > self.budget_bytes:
+            raise ServerError(
+                f"server busy: {self.held} bytes of request bodies in flight, {nbytes} more do not fit "
+                f"the budget of {self.budget_bytes}; retry later",
+                Code.UNAVAILABLE,
+            )
+        self.held += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.held = max(0, self.held - nbytes)
+
+    @contextmanager
+    def hold(self) -> Iterator[BodyHold]:
+        hold = BodyHold(self)
+        try:
+            yield hold
+        finally:
+            self.release(hold.nbytes)
+
+
+class BodyHold:
+    """One request's share of the body budget (grows as its body is read)."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.nbytes = 0
+
+    def grow_to(self, nbytes: int) -> None:
+        if nbytes > self.nbytes:
+            self.budget.reserve(nbytes - self.nbytes)
+            self.nbytes = nbytes
 
 
 class Admission:
@@ -32,6 +89,12 @@ class Admission:
         self.max_pending = max_pending
         self.pending = 0
         self.draining = False
+
+    def check(self) -> None:
+        """Raise the 503 `admit` would, without admitting (to refuse before reading a body)."""
+        if self.draining or self.pending >= self.max_pending:
+            with self.admit():
+                pass
 
     @contextmanager
     def admit(self) -> Iterator[None]:

@@ -13,6 +13,15 @@ from enserve.server.errors import Code, ServerError
 from enserve.server.limits import Limits
 
 Parameters = dict[str, Any]
+MAX_RANK = 32
+"""Most axes an input tensor may have (numpy's own limit is 64)."""
+MAX_TIMEOUT_US = 365 * 24 * 3600 * 10**6
+"""Largest `timeout` parameter (one year, in microseconds); larger is a client error."""
+
+
+def _short(shape: Any) -> str:
+    text = str(list(shape))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass
@@ -63,6 +72,13 @@ def tensor_shape(name: str, shape: Any, limits: Limits) -> tuple[int, ...]:
         raise ServerError(f"input '{name}': 'shape' must be a list of integers, got {shape!r}")
     if any(d < 0 for d in shape):
         raise ServerError(f"input '{name}': shape {list(shape)} has a negative axis")
+    if len(shape) > MAX_RANK:
+        raise ServerError(f"input '{name}': {len(shape)} axes exceed the limit {MAX_RANK}")
+    if any(d > limits.max_tensor_elements for d in shape):  # even with a zero axis elsewhere
+        raise ServerError(
+            f"input '{name}': an axis of shape {_short(shape)} exceeds the limit "
+            f"{limits.max_tensor_elements}"
+        )
     elements = math.prod(shape)
     if elements > limits.max_tensor_elements:
         raise ServerError(
@@ -118,9 +134,12 @@ def timeout_deadline(parameters: Parameters, now: float) -> float | None:
     timeout = parameters.get("timeout")
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= MAX_TIMEOUT_US):  # NaN fails this too
+        shown = repr(timeout) if len(repr(timeout)) <= 40 else repr(timeout)[:37] + "..."
         raise ServerError(
-            f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout!r}"
+            "parameter 'timeout' must be a number of microseconds from 0 to "
+            f"{MAX_TIMEOUT_US}, got {shown}"
         )
     if timeout == 0:
         return None

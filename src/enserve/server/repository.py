@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enserve.errors import EnserveError, OverloadedError
-from enserve.server.errors import Code, ServerError
+from enserve.server.errors import Code, ServerError, public_message
 from enserve.spec import EnsembleSpec, MemberSpec, load_spec
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 SPEC_FILE = "ensemble.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MAX_NAME_CHARS = 200
+"""Longest model name (a folder name; file systems stop at 255 bytes)."""
 
 BackendFactory = Callable[[EnsembleSpec], "Backend"]
 
@@ -67,11 +69,17 @@ class ModelRepository:
     def folder_of(self, name: str) -> Path:
         """The model's folder; refuses names that would leave the repository."""
         if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in {".", ".."}:
-            raise ServerError(f"'{name}' is not a valid model name (letters, digits, '_', '.', '-')")
-        folder = (self.root / name).resolve()
-        if not folder.is_relative_to(self.root) or folder == self.root:
-            raise ServerError(f"model '{name}' resolves outside the repository", Code.BAD_REQUEST)
-        if not (folder / SPEC_FILE).is_file():
+            raise ServerError(f"'{name[:80]}' is not a valid model name (letters, digits, '_', '.', '-')")
+        if len(name) > MAX_NAME_CHARS:
+            raise ServerError(f"model name of {len(name)} characters exceeds the limit {MAX_NAME_CHARS}")
+        try:
+            folder = (self.root / name).resolve()
+            if not folder.is_relative_to(self.root) or folder == self.root:
+                raise ServerError(f"model '{name}' resolves outside the repository", Code.BAD_REQUEST)
+            found = (folder / SPEC_FILE).is_file()
+        except OSError as exc:
+            raise ServerError(f"model '{name}' cannot be looked up: {exc.strerror}") from None
+        if not found:
             raise ServerError(f"model '{name}' is not in the repository", Code.NOT_FOUND)
         return folder
 
@@ -93,7 +101,7 @@ class ModelRepository:
                 continue
             version = entry.loaded.spec.version if entry and entry.loaded else ""
             rows.append({"name": name, "version": version, "state": state,
-                         "reason": entry.reason if entry else ""})
+                         "reason": public_message(entry.reason) if entry else ""})
         return rows
 
     # --- load / unload -----------------------------------------------------------------
@@ -180,7 +188,7 @@ class ModelRepository:
                 if any(m.name == member for m in spec.members):
                     return parent.loaded, spec.member(member)
         if entry is not None or name in self.names():
-            raise ServerError(f"model '{name}' is not ready ({self._state(name)})", Code.BAD_REQUEST)
+            raise ServerError(f"model '{name}' is not ready ({self._state(name)})", Code.UNAVAILABLE)
         raise ServerError(f"unknown model '{name}'", Code.NOT_FOUND)
 
     def _state(self, name: str) -> str:
@@ -292,7 +300,7 @@ class BudgetedRepository(ModelRepository):
             elif name in self.disabled:
                 row = {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
             else:
-                reason = self.failures.get(name, "not resident; loads on its next request")
+                reason = public_message(self.failures.get(name, "not resident; loads on its next request"))
                 row = {"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason}
             if not ready_only or row["state"] == "READY":
                 rows.append(row)
@@ -311,7 +319,7 @@ class BudgetedRepository(ModelRepository):
                 return parent, parent.spec.member(member)
         if name in self.names():
             return_state = "unloaded" if name in self.disabled else "not resident"
-            raise ServerError(f"model '{name}' is not ready ({return_state})", Code.BAD_REQUEST)
+            raise ServerError(f"model '{name}' is not ready ({return_state})", Code.UNAVAILABLE)
         raise ServerError(f"unknown model '{name}'", Code.NOT_FOUND)
 
     @asynccontextmanager

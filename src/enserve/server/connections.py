@@ -1,0 +1,177 @@
+"""Connection limits for the HTTP listeners: uvicorn's httptools protocol with guards.
+
+- the request line and headers may take at most `max_header_bytes` (else 431) and must
+  arrive within `header_timeout_s` of the connection opening or the request starting
+  (slowloris; else 408 and the connection closes);
+- a request body must keep arriving: no gap longer than `body_timeout_s` while the server
+  is reading it (else 408 and close);
+- at most `max_connections` connections are open at once (more get 503 and are closed);
+- HTTP/0.9 (a request line without a version) is refused with 400.
+
+The body-bytes budget (admission before a body is read) lives in `server/http.py`, where
+the request's declared size is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("enserve.server")
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1024
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """A uvicorn `http` protocol class enforcing `limits` (pass it as `Config(http=...)`)."""
+
+    class GuardedProtocol(_Guarded):
+        pass
+
+    GuardedProtocol.limits = limits
+    return GuardedProtocol
+
+
+class _Guarded(HttpToolsProtocol):
+    limits = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_headers = True  # reading a request line and headers (or waiting for one)
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._reading_body = False
+        self._refused = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, "too many open connections; retry later")
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_headers:
+            self._header_bytes += len(data)
+        elif self._reading_body:
+            self._arm_body_timer()
+        super().data_received(data)
+        if self._in_headers and not self._refused and self._header_bytes > self.limits.max_header_bytes:
+            # still no end of headers past the limit: the parser would keep buffering them
+            self._refuse(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
+
+    # --- parser callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel(header=True)
+        self._in_headers = False
+        if self.parser.get_http_version() == "0.9":
+            self._refuse(400, "HTTP/0.9 is not supported")
+            return
+        size = sum(len(n) + len(v) + 4 for n, v in self.headers) + len(self.url)
+        if size > self.limits.max_header_bytes:
+            self._refuse(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
+            return
+        super().on_headers_complete()
+        self._reading_body = True
+        self._arm_body_timer()
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._reading_body = False
+        self._cancel(header=False)
+        if self._refused:
+            return
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_headers, self._header_bytes = True, 0  # the next request, if any
+        if self.transport is not None and not self.transport.is_closing() and not self.pipeline:
+            pass  # uvicorn's keep-alive timer bounds the idle wait; the header timer starts
+            # with the next request's first byte (on_message_begin)
+
+    # --- timers -------------------------------------------------------------------------
+    def _arm_header_timer(self) -> None:
+        self._cancel(header=True)
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def _arm_body_timer(self) -> None:
+        self._cancel(header=False)
+        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timeout)
+
+    def _cancel(self, header: bool) -> None:
+        timer = self._header_timer if header else self._body_timer
+        if timer is not None:
+            timer.cancel()
+        if header:
+            self._header_timer = None
+        else:
+            self._body_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel(header=True)
+        self._cancel(header=False)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._in_headers and (self.cycle is None or self.cycle.response_complete):
+            self._refuse(408, f"request headers not received within {self.limits.header_timeout_s:g} s")
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if not self._reading_body or self.cycle is None or self.cycle.response_complete:
+            return
+        if self.flow.read_paused:  # the server is not reading: not the client's delay
+            self._arm_body_timer()
+            return
+        self._refuse(408, f"request body stalled for more than {self.limits.body_timeout_s:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` with a JSON error and close the connection."""
+        self._refused = True
+        self._cancel_timers()
+        if self.transport is None or self.transport.is_closing():
+            return
+        log.info("closing connection from %s: %s", self.client, message)
+        body = json.dumps({"error": message}).encode()
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+            status, _REASONS[status], len(body))
+        if status == 503:
+            head += b"retry-after: 1\r\n"
+        self.transport.write(head + b"connection: close\r\n\r\n" + body)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
