@@ -108,7 +108,7 @@ def test_unknown_paths_and_models(http: httpx.Client) -> None:
     assert "unknown model" in http.get("/v2/models/nope").json()["error"]
     assert http.get("/v2/models/tiny/versions/9").status_code == 400
     assert http.get("/v2/nowhere").status_code == 404
-    assert http.get("/v2/models/nope/ready").status_code == 400
+    assert http.get("/v2/models/nope/ready").status_code == 503  # not ready: 503, as the server
     assert http.post("/v2/repository/index").status_code == 401
 
 

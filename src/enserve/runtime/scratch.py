@@ -10,13 +10,13 @@ folder and segment whose process is gone.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import re
 import shutil
 import tempfile
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 import psutil
@@ -26,6 +26,9 @@ from enserve.runtime.shm import SHM_DIR
 log = logging.getLogger("enserve.runtime")
 FOLDER = re.compile(r"^enserve-(\d+)-(\d+)$")
 SEGMENT = re.compile(r"^enserve[A-Za-z0-9-]*_(\d+)_[0-9a-f]+$")
+MAX_FOLDER_CHARS = 64
+"""Longest scratch folder path: a Unix socket path inside it (`pymp-*/listener-*`, 37 more
+characters) must stay under the kernel's 108."""
 _entered: Path | None = None
 
 
@@ -73,8 +76,14 @@ def enter_scratch() -> Path:
     sweep_stale(base)
     pid = os.getpid()
     folder = base / f"enserve-{pid}-{_start_time(pid) or 0}"
+    if len(str(folder)) > MAX_FOLDER_CHARS:  # the fork server's socket path would not fit
+        log.warning("temporary folder %s is too deep for a scratch folder; temporary files of a "
+                    "killed server will not be swept", base)
+        _entered = base
+        return base
     folder.mkdir(mode=0o700, exist_ok=True)
     tempfile.tempdir = str(folder)
     _entered = folder
-    atexit.register(shutil.rmtree, folder, True)
+    # after multiprocessing's own clean-up of its pymp-* folder (exit priority -100)
+    Finalize(None, shutil.rmtree, args=(str(folder), True), exitpriority=-101)
     return folder

@@ -111,16 +111,10 @@ class _Guarded(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._reading_body = False
         self._cancel(header=False)
+        self._in_headers, self._header_bytes = True, 0  # what follows is the next request
         if self._refused:
             return
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_headers, self._header_bytes = True, 0  # the next request, if any
-        if self.transport is not None and not self.transport.is_closing() and not self.pipeline:
-            pass  # uvicorn's keep-alive timer bounds the idle wait; the header timer starts
-            # with the next request's first byte (on_message_begin)
 
     # --- timers -------------------------------------------------------------------------
     def _arm_header_timer(self) -> None:

@@ -7,6 +7,7 @@ Every method takes and returns plain Python objects (dicts in the protocol's JSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from typing import Any
@@ -55,7 +56,8 @@ class DataPlane:
         self.decoder = Decoder()
         self.stats = StatsBook()
         residency = getattr(repository, "residency", None)  # a BudgetedRepository's
-        self.metrics = Metrics(self.stats, residency.stats if residency is not None else None)
+        self.metrics = Metrics(self.stats, residency.stats if residency is not None else None,
+                               health=self.member_health)
         self.backend_stats = BackendStats()
         self.metrics.sources.append(
             lambda: instance_lines(((e.name, e.backend) for e in repository.loaded()), self.backend_stats))
@@ -69,7 +71,23 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.started and not self.admission.draining
+        """Serving, not draining, and every loaded ensemble has a running worker for each
+        of its members (strict readiness: a member that is down makes the server not ready)."""
+        return (self.started and not self.admission.draining
+                and all(not unhealthy(e.backend) for e in self.repository.loaded()))
+
+    def member_health(self) -> list[tuple[str, str, bool, int]]:
+        """(ensemble, member or fused unit, has a running worker, restarts) of every loaded
+        ensemble whose backend reports it (the engine; the reference backend has no workers)."""
+        rows = []
+        for loaded in self.repository.loaded():
+            report = getattr(loaded.backend, "member_health", None)
+            if report is None:
+                continue
+            with contextlib.suppress(Exception):
+                for member, (up, restarts) in report().items():
+                    rows.append((loaded.name, member, up, restarts))
+        return rows
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "enserve", "version": enserve.__version__, "extensions": EXTENSIONS}
@@ -84,10 +102,10 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            self._lookup(name, version)
+            loaded, _ = self._lookup(name, version)
         except ServerError:
             return False
-        return not self.admission.draining
+        return not self.admission.draining and not unhealthy(loaded.backend)
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         loaded, member = self._lookup(name, version)
@@ -323,6 +341,18 @@ def output_metadata(spec: EnsembleSpec, classes: int) -> list[dict[str, Any]]:
 def _config_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
     return {"name": tensor["name"], "data_type": f"TYPE_{tensor['datatype']}",
             "dims": tensor["shape"][1:]}
+
+
+def unhealthy(backend: object) -> str | None:
+    """Why `backend` cannot answer now (a member with no running worker), or None."""
+    check = getattr(backend, "unhealthy", None)
+    if check is None:
+        return None
+    try:
+        reason: str | None = check()
+    except Exception as exc:  # a broken health check is an unhealthy backend
+        return f"health check failed: {exc}"
+    return reason
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

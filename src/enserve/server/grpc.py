@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -214,5 +215,39 @@ def build_grpc_server(plane: DataPlane) -> grpc.aio.Server:
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    server.add_generic_rpc_handlers((_service_handler(InferenceServicer(plane)),))
     return server
+
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def _service_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The service's handlers, parsing each request inside the handler: a message that is
+    not valid protobuf is the client's fault (INVALID_ARGUMENT), where grpcio's own
+    deserialization would answer UNKNOWN."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        respond = getattr(pb, method.output_type.name).SerializeToString
+        if method.client_streaming or method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _not_served(method.name).__get__(servicer), response_serializer=respond)
+            continue
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(servicer, method.name), getattr(pb, method.input_type.name)),
+            response_serializer=respond,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _parsing(handler: Callable[[Any, Context], Awaitable[Any]],
+             message_type: Any) -> Callable[[bytes, Context], Awaitable[Any]]:
+    async def handle(raw: bytes, context: Context) -> Any:
+        try:
+            request = message_type.FromString(raw)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid {message_type.DESCRIPTOR.name}: {exc}")
+        return await handler(request, context)
+
+    return handle

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enserve.server import openapi
 from enserve.server.codec import HEADER_LENGTH, encode_infer_response
 from enserve.server.dataplane import DataPlane
 from enserve.server.decoding import THREAD_BYTES
@@ -171,8 +172,9 @@ def build_app(plane: DataPlane) -> FastAPI:
     async def model_stats(model: str, version: str = "") -> Response:
         return JSONResponse(plane.statistics(model, version))
 
-    @app.post("/v2/models/{model}/infer")
-    @app.post("/v2/models/{model}/versions/{version}/infer")
+    @app.post("/v2/models/{model}/infer", openapi_extra=openapi.body(openapi.INFER_REQUEST))
+    @app.post("/v2/models/{model}/versions/{version}/infer",
+              openapi_extra=openapi.body(openapi.INFER_REQUEST))
     async def infer(model: str, request: Request, version: str = "") -> Response:
         header_length = _header_length(request.headers.get(HEADER_LENGTH))
         plane.admission.check()  # refuse an overloaded or draining server before reading the body
@@ -191,7 +193,7 @@ def build_app(plane: DataPlane) -> FastAPI:
             return Response(payload, media_type="application/octet-stream", headers=headers)
         return Response(payload, media_type="application/json", headers=headers)
 
-    @app.post("/v2/repository/index")
+    @app.post("/v2/repository/index", openapi_extra=openapi.body(openapi.REPOSITORY_INDEX_REQUEST, False))
     async def repository_index(request: Request) -> Response:
         plane.authorize(request.headers.get("authorization"))
         body = await json_body(request, limit)
@@ -200,14 +202,16 @@ def build_app(plane: DataPlane) -> FastAPI:
             raise ServerError("'ready' must be true or false")
         return JSONResponse(plane.repository_index(ready_only))
 
-    @app.post("/v2/repository/models/{model}/load")
+    @app.post("/v2/repository/models/{model}/load",
+              openapi_extra=openapi.body(openapi.REPOSITORY_LOAD_REQUEST, False))
     async def load(model: str, request: Request) -> Response:
         plane.authorize(request.headers.get("authorization"))
         body = await json_body(request, limit)
         await plane.load(model, _parameters(body))
         return JSONResponse({})
 
-    @app.post("/v2/repository/models/{model}/unload")
+    @app.post("/v2/repository/models/{model}/unload",
+              openapi_extra=openapi.body(openapi.REPOSITORY_LOAD_REQUEST, False))
     async def unload(model: str, request: Request) -> Response:
         plane.authorize(request.headers.get("authorization"))
         body = await json_body(request, limit)

@@ -63,11 +63,13 @@ def _family(name: str, help_text: str, kind: str, samples: Iterable[tuple[str, f
 class Metrics:
     """Collects ensemble histograms and renders everything as Prometheus text."""
 
-    def __init__(self, stats: StatsBook, swap_stats: Callable[[], Any] | None = None) -> None:
+    def __init__(self, stats: StatsBook, swap_stats: Callable[[], Any] | None = None,
+                 health: Callable[[], list[tuple[str, str, bool, int]]] | None = None) -> None:
         self.stats = stats
         self.swap_stats = swap_stats  # `enserve.server.residency.SwapStats` source under a memory budget
         self.sources: list[Callable[[], list[str]]] = []
         """More exposition lines rendered at scrape time (e.g. `instance_metrics.instance_lines`)."""
+        self.health = health  # (ensemble, member, up, restarts) rows from the DataPlane
         self.registry = CollectorRegistry()
         self.member_latency = Histogram(
             "enserve_member_latency_seconds", "Time one member took on one batch",
@@ -154,6 +156,13 @@ class Metrics:
             lines += _swap_lines(self.swap_stats())
         for source in self.sources:
             lines += source()
+        if self.health is not None:
+            rows = self.health()
+            lines += _family("enserve_member_up",
+                             "1 when the member has a running worker, 0 while it is down or backing off",
+                             "gauge", ((_labels(model=m, member=u), float(up)) for m, u, up, _ in rows))
+            lines += _family("enserve_worker_restarts", "Worker restarts of the member since load",
+                             "counter", ((_labels(model=m, member=u), float(n)) for m, u, _, n in rows))
         return "\n".join(lines) + "\n"
 
     def render(self) -> bytes:
