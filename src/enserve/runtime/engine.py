@@ -57,6 +57,7 @@ from enserve.runtime.placement import (
     execution_units,
     predicted_throughput,
 )
+from enserve.runtime.restarts import RestartPolicy, pid_alive, pid_stopped
 from enserve.runtime.shm import Arena, ArrayField
 from enserve.runtime.stats import EngineCounters, instance_summary, member_summary, percentiles
 from enserve.runtime.supervisor import WorkerHandle, stop_workers, worker_context
@@ -64,6 +65,8 @@ from enserve.runtime.worker import output_field
 from enserve.spec import EnsembleSpec, load_spec
 
 log = logging.getLogger("enserve.runtime")
+RETRY_FAILED_START_S = 1.0
+"""Least wait before retrying a restart that failed to start a process."""
 
 
 @dataclass
@@ -114,7 +117,8 @@ class Engine:
         max_delay_s: float = 0.002,
         max_queue: int = 1024,
         inflight_batches: int = 2,
-        max_restarts: int = 3,
+        max_restarts: int | None = None,
+        restart_policy: RestartPolicy | None = None,
         start_timeout_s: float = 600.0,
         task_timeout_s: float | None = 120.0,
         exclusive_cores: bool = True,
@@ -138,7 +142,10 @@ class Engine:
             configs = default_configs(self.spec, default_batch_size, self.cores)
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        # No lifetime cap by default: restarts are limited by a rate (crash-loop back-off);
+        # `max_restarts` caps them over the engine's life as well (0: never restart).
         self.max_restarts = max_restarts
+        self.restart_policy = restart_policy or RestartPolicy()
         self.start_timeout_s = start_timeout_s
         # A ready worker holding work that answers nothing for this long is hung: it is
         # killed, restarted, and its tasks retried once like a crashed worker's (None: off).
@@ -303,6 +310,21 @@ class Engine:
     @property
     def configs(self) -> list[WorkerConfig]:
         return [h.cfg for h in self._handles]
+
+    def unhealthy(self) -> str | None:
+        """Why the engine cannot answer every request now, or None when it can: it is not
+        running, or some member has no ready worker (restarting or backing off)."""
+        with self._lock:
+            if self._state != "running":
+                return f"engine is {self._state}"
+            down = [u for u, hs in self._by_member.items() if not any(h.state == "ready" for h in hs)]
+        return f"no ready worker for {', '.join(down)}" if down else None
+
+    def member_health(self) -> dict[str, tuple[bool, int]]:
+        """Per unit (member or fused group): (has a ready worker, restarts so far)."""
+        with self._lock:
+            return {u: (any(h.state == "ready" for h in hs), sum(h.stats.restarts for h in hs))
+                    for u, hs in self._by_member.items()}
 
     def worker_pids(self) -> dict[str, int]:
         with self._lock:
@@ -478,34 +500,51 @@ class Engine:
         if any(h.state == "starting" for h in handles):
             self._backlog[chunk.member].append(chunk)
             return
-        self._fail_batch(chunk.batch, f"member '{chunk.member}' has no running worker "
-                                      f"(restarted {self.max_restarts} times, gave up)",
+        self._fail_batch(chunk.batch, f"member '{chunk.member}' has no running worker now "
+                                      "(restarting after repeated crashes); retry later",
                          UnavailableError)
         self._drop(chunk)
 
     # ----------------------------------------------------------------- collector
     def _collect_loop(self) -> None:
+        """Answer workers' messages and supervise them; nothing a worker (or the fork
+        server) does may end this loop: an unexpected error is logged and the loop goes on."""
         while True:
             with self._lock:
                 if self._state == "stopped":
                     return
-                conns = {h.conn: h for h in self._handles if h.conn is not None}
-                sentinels = {h.process.sentinel: h for h in self._handles
-                             if h.process is not None}
-            ready = wait([self._wake_r, *conns, *sentinels], timeout=0.5)
-            for obj in ready:
-                if obj == self._wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 4096)
-                elif obj in conns:
-                    self._drain(conns[obj], obj)
-                elif obj in sentinels:
-                    h = sentinels[obj]
-                    if h.conn is not None:
-                        self._drain(h, h.conn)
-                    if h.process is not None and h.process.sentinel == obj:
+            try:
+                self._collect_once()
+            except Exception:
+                log.exception("collector: unexpected error; carrying on")
+                time.sleep(0.05)
+
+    def _collect_once(self) -> None:
+        with self._lock:
+            conns = {h.conn: h for h in self._handles if h.conn is not None}
+            sentinels = {h.process.sentinel: h for h in self._handles
+                         if h.process is not None and not h.sentinel_lost}
+        ready = wait([self._wake_r, *conns, *sentinels], timeout=0.25)
+        for obj in ready:
+            if obj == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+            elif obj in conns:
+                self._drain(conns[obj], obj)
+            elif obj in sentinels:
+                h = sentinels[obj]
+                if h.conn is not None:
+                    self._drain(h, h.conn)
+                if h.process is not None and h.process.sentinel == obj:
+                    if h.conn is not None and pid_alive(h.process.pid):
+                        # The fork server died (its pipe is the sentinel), not the worker:
+                        # keep the worker and watch its own pipe for its death.
+                        log.warning("fork server gone; worker %s keeps running", h.label)
+                        h.sentinel_lost = True
+                    else:
                         self._on_death(h)
-            self._kill_hung()
+        self._kill_hung()
+        self._revive_due()
 
     def _kill_hung(self) -> None:
         """Kill ready workers that hold tasks but answered none for `task_timeout_s`, and
@@ -519,7 +558,10 @@ class Engine:
             for h in self._handles:
                 if h.kill_reason is not None or h.process is None:
                     continue
-                if (h.state == "ready" and h.inflight and self.task_timeout_s is not None
+                if h.state in ("ready", "starting") and pid_stopped(h.process.pid):
+                    h.kill_reason = (f"worker {h.label} was stopped (SIGSTOP or a debugger) "
+                                     "and was killed")
+                elif (h.state == "ready" and h.inflight and self.task_timeout_s is not None
                         and now - h.last_progress > self.task_timeout_s):
                     h.kill_reason = (f"worker {h.label} answered nothing for "
                                      f"{self.task_timeout_s:g} s (hung) and was killed")
@@ -633,14 +675,14 @@ class Engine:
                 return
             if self._state in ("stopping", "stopped"):
                 h.state = "stopped"
-            elif h.stats.restarts < self.max_restarts:
-                log.warning("%s; restarting it", why)
-                h.stats.restarts += 1
-                assert self._inputs is not None
-                out_layout = self._outputs.layout if self._outputs else None
-                h.start(self._ctx, self.spec, self._inputs.layout, out_layout,
-                        self._lock_dir, self.cache_dir)
-                os.write(self._wake_w, b"x")
+            elif self.max_restarts is None or h.stats.restarts < self.max_restarts:
+                wait_s = h.restart_state.record_death(time.monotonic(), self.restart_policy)
+                if wait_s <= 0:
+                    log.warning("%s; restarting it", why)
+                    self._restart(h)
+                else:
+                    log.warning("%s; crash loop: restarting it in %.1f s", why, wait_s)
+                    h.state = "backoff"
             else:
                 log.error("%s; restart limit (%d) reached", why, self.max_restarts)
                 h.state = "failed"
@@ -660,6 +702,37 @@ class Engine:
                                      UnavailableError)
                     self._drop(chunk)
             self._changed.notify_all()
+
+    def _restart(self, h: WorkerHandle) -> None:
+        """Start a new process for `h` (lock held). A restart that fails (the fork server
+        is gone, say) counts as a death: `h` backs off and is tried again later."""
+        assert self._inputs is not None
+        out_layout = self._outputs.layout if self._outputs else None
+        try:
+            h.start(self._ctx, self.spec, self._inputs.layout, out_layout,
+                    self._lock_dir, self.cache_dir)
+        except Exception as exc:
+            wait_s = h.restart_state.record_death(time.monotonic(), self.restart_policy)
+            log.error("restarting worker %s failed (%s: %s); trying again in %.1f s",
+                      h.label, type(exc).__name__, exc, max(wait_s, RETRY_FAILED_START_S))
+            h.restart_state.next_restart_at = max(h.restart_state.next_restart_at,
+                                                  time.monotonic() + RETRY_FAILED_START_S)
+            h.state = "backoff"
+            return
+        h.stats.restarts += 1
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _revive_due(self) -> None:
+        """Restart instances whose crash-loop back-off is over."""
+        now = time.monotonic()
+        with self._changed:
+            if self._state != "running":
+                return
+            for h in self._handles:
+                if h.state == "backoff" and h.restart_state.due(now):
+                    log.info("restarting worker %s after its back-off", h.label)
+                    self._restart(h)
 
     # ----------------------------------------------------------------- batches
     def _fold(self, batch: _Batch, unit: str) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import psutil
+
 
 @dataclass(frozen=True)
 class RestartPolicy:
@@ -45,3 +47,23 @@ class RestartState:
 
     def due(self, now: float) -> bool:
         return now >= self.next_restart_at
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Is process `pid` running (not gone, not a zombie)?"""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def pid_stopped(pid: int | None) -> bool:
+    """Is process `pid` stopped (SIGSTOP, SIGTSTP, a debugger): alive but never answering?"""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False

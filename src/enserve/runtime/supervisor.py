@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -21,6 +23,7 @@ from typing import Any
 
 from enserve.runtime.messages import Ready, Stop, ToWorker
 from enserve.runtime.placement import WorkerConfig
+from enserve.runtime.restarts import RestartState, pid_alive
 from enserve.runtime.shm import ArenaLayout
 from enserve.spec import EnsembleSpec
 
@@ -83,6 +86,8 @@ class WorkerHandle:
         self.started_at = 0.0  # when its current process was started
         self.last_progress = 0.0  # when it last got work while idle, or answered a task
         self.kill_reason: str | None = None  # set when the engine kills it as hung
+        self.sentinel_lost = False  # the fork server died: watch only the pipe
+        self.restart_state = RestartState()
         self._send_lock = threading.Lock()
 
     @property
@@ -98,14 +103,20 @@ class WorkerHandle:
         if isinstance(ctx, Launcher):
             ctx = ctx.for_config(spec, self.cfg, cache_dir)
         parent_end, child_end = ctx.Pipe(duplex=True)
-        process = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            args=(spec, self.cfg, child_end, in_layout, out_layout, lock_dir, cache_dir),
-            name=f"enserve-{self.label}",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
+        try:
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=worker_main,
+                args=(spec, self.cfg, child_end, in_layout, out_layout, lock_dir, cache_dir),
+                name=f"enserve-{self.label}",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        self.sentinel_lost = False
         self.process, self.conn = process, parent_end
         self.started_at = time.perf_counter()
         self.state, self.ready = "starting", None
@@ -146,7 +157,9 @@ class WorkerHandle:
 
 
 def stop_workers(handles: list[WorkerHandle], timeout_s: float = 5.0) -> None:
-    """Ask every worker to stop, then terminate and finally kill the ones that don't."""
+    """Ask every worker to stop, then terminate and finally kill the ones that don't
+    (also those orphaned by a dead fork server, whose exit the sentinel cannot tell)."""
+    pids = [h.process.pid for h in handles if h.process is not None]
     for h in handles:
         if h.alive():
             h.send(Stop())
@@ -165,3 +178,7 @@ def stop_workers(handles: list[WorkerHandle], timeout_s: float = 5.0) -> None:
             h.reap()
         h.close_pipe()
         h.state = "stopped"
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -125,6 +125,9 @@ def worker_main(
 ) -> None:
     """Process entry point (must stay importable at module level for spawn/forkserver)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    # and so is SIGTERM sent to the whole process group (systemd, `kill -- -PGID`): the
+    # server drains, answering in-flight requests, then stops its workers itself
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
         comm.write(PROCESS_NAME)  # how `ps` and the tests tell workers apart
     order = [m.name for m in spec.members]

@@ -75,6 +75,13 @@ class EngineBackend:
         result = await self.engine.infer(inputs)
         return Outcome(result, Timing(compute_s=time.perf_counter() - started))
 
+    def unhealthy(self) -> str | None:
+        """Why the ensemble cannot answer now (a member without a ready worker), or None."""
+        return self.engine.unhealthy()
+
+    def member_health(self) -> dict[str, tuple[bool, int]]:
+        return self.engine.member_health()
+
     def stats(self) -> dict[str, Any]:
         return {**self.engine.stats(), "predicted_throughput": self.engine.predicted_throughput}
 
