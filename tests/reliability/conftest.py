@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # the helpers next to this file
-sys.path.insert(0, str(Path(__file__).parent.parent / "server"))  # the server test helpers
-
-from faults_repo import write_fault_repository
-from server_fixtures import RunningServer, start_server
+from tests.helpers.faults import write_fault_repository
+from tests.helpers.server import RunningServer, start_server
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from server_fixtures import start_server
-
 from enserve.runtime.scratch import sweep_stale
+from tests.helpers.server import start_server
 
 
 def _dead_pid() -> int:

@@ -12,7 +12,8 @@ import time
 
 import httpx
 import pytest
-from server_fixtures import RunningServer
+
+from tests.helpers.server import RunningServer
 
 
 def _connect(server: RunningServer) -> socket.socket:

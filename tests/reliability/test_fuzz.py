@@ -11,8 +11,9 @@ import grpc
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from server_fixtures import TOKEN, RunningServer
 from tritonclient.grpc import service_pb2 as pb
+
+from tests.helpers.server import TOKEN, RunningServer
 
 EXAMPLES = int(os.environ.get("ENSERVE_FUZZ_EXAMPLES", "15"))
 

@@ -10,9 +10,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from server_fixtures import TOKEN, RunningServer
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from tests.helpers.server import TOKEN, RunningServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -15,13 +14,11 @@ import numpy as np
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "runtime"))  # tiny ensembles
-from tiny import make_spec, worker_children
-
 from enserve.errors import InferenceError, UnavailableError
 from enserve.runtime.engine import Engine
 from enserve.runtime.restarts import RestartPolicy
 from enserve.runtime.supervisor import WorkerHandle
+from tests.helpers.runtime import make_spec, worker_children
 
 
 def _x(rows: int) -> np.ndarray:

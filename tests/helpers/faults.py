@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server_fixtures import write_repository
+from tests.helpers.server import write_repository
 
 FAULTY_PY = '''
 import os
