@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import textwrap
@@ -21,6 +22,9 @@ import numpy as np
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine
 from enserve.spec import spec_from_dict
+
+# the specs measured here name their own models.py factories: trust that code
+os.environ.setdefault("ENSERVE_TRUSTED_CODE", "models.py")
 
 MODELS = textwrap.dedent('''
     import torch

@@ -1,6 +1,6 @@
 """Send real tritonclient requests (HTTP and gRPC) to a running enserve server.
 
-Start a server first, e.g. `enserve serve examples/ --model digits`, then:
+Start a server first, e.g. `enserve serve examples/ --model digits --trust-code models.py`, then:
 
     python examples/client.py [--http localhost:8000] [--grpc localhost:8001]
 

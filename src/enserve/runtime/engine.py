@@ -65,6 +65,8 @@ from enserve.runtime.worker import output_field
 from enserve.spec import EnsembleSpec, load_spec
 
 log = logging.getLogger("enserve.runtime")
+MAX_PARK_S = 5.0
+"""Longest a chunk waits for its member's restarting worker before its batch fails (503)."""
 RETRY_FAILED_START_S = 1.0
 """Least wait before retrying a restart that failed to start a process."""
 
@@ -90,6 +92,7 @@ class _Chunk:
     start: int
     stop: int
     attempts: int = 0
+    parked_at: float = 0.0  # when it started waiting for a restarting worker
 
     @property
     def rows(self) -> int:
@@ -498,6 +501,7 @@ class Engine:
             h.send(Task(chunk.task_id, chunk.batch.slot, chunk.start, chunk.stop))
             return  # a failed send means the worker died: the collector reassigns it
         if any(h.state == "starting" for h in handles):
+            chunk.parked_at = time.monotonic()
             self._backlog[chunk.member].append(chunk)
             return
         self._fail_batch(chunk.batch, f"member '{chunk.member}' has no running worker now "
@@ -724,7 +728,8 @@ class Engine:
             os.write(self._wake_w, b"x")
 
     def _revive_due(self) -> None:
-        """Restart instances whose crash-loop back-off is over."""
+        """Restart instances whose crash-loop back-off is over; fail work that waited too
+        long for a restarting worker (503: the client may retry)."""
         now = time.monotonic()
         with self._changed:
             if self._state != "running":
@@ -733,6 +738,13 @@ class Engine:
                 if h.state == "backoff" and h.restart_state.due(now):
                     log.info("restarting worker %s after its back-off", h.label)
                     self._restart(h)
+            for member, backlog in self._backlog.items():
+                while backlog and now - backlog[0].parked_at > MAX_PARK_S:
+                    chunk = backlog.popleft()
+                    self._fail_batch(chunk.batch, f"member '{member}' is restarting and was not "
+                                                  f"ready within {MAX_PARK_S:g} s; retry later",
+                                     UnavailableError)
+                    self._drop(chunk)
 
     # ----------------------------------------------------------------- batches
     def _fold(self, batch: _Batch, unit: str) -> None:

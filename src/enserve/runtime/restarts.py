@@ -18,10 +18,10 @@ import psutil
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    burst: int = 5
+    burst: int = 10
     """Deaths within `window_s` restarted at once."""
     window_s: float = 60.0
-    backoff_s: float = 0.5
+    backoff_s: float = 1.0
     """Wait before the first restart beyond the burst; doubles per further death."""
     max_backoff_s: float = 30.0
 
