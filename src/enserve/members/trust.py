@@ -34,7 +34,8 @@ def set_trusted(entries: Iterable[str]) -> None:
 
 def add_trusted(entries: Iterable[str]) -> None:
     """Trust `entries` in addition to what is trusted already."""
-    set_trusted([*trusted_entries(), *entries])
+    current = trusted_entries()
+    set_trusted([*current, *(e for e in entries if e not in current)])
 
 
 def is_trusted(module_ref: str, resolved: Path | None = None) -> bool:
