@@ -738,9 +738,14 @@ class Engine:
                 if h.state == "backoff" and h.restart_state.due(now):
                     log.info("restarting worker %s after its back-off", h.label)
                     self._restart(h)
-            for member, backlog in self._backlog.items():
-                while backlog and now - backlog[0].parked_at > MAX_PARK_S:
-                    chunk = backlog.popleft()
+            for member, backlog in list(self._backlog.items()):
+                # new work only: work retried after a crash waits for the restart (bounded by
+                # start_timeout_s and the request's deadline)
+                expired = [c for c in backlog if c.attempts == 0 and now - c.parked_at > MAX_PARK_S]
+                for chunk in expired:
+                    if chunk.batch.error is not None:
+                        continue  # failing its batch already took it out of the backlogs
+                    self._backlog[member].remove(chunk)
                     self._fail_batch(chunk.batch, f"member '{member}' is restarting and was not "
                                                   f"ready within {MAX_PARK_S:g} s; retry later",
                                      UnavailableError)
