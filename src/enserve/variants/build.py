@@ -275,3 +275,8 @@ def build_variant(
             f"member '{member_spec.name}': building variant '{variant}' failed: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
+
+
+# Older name: `enserve.variants.load_variant` (variants/load.py) is the entry point; it comes
+# here only for variants that need PyTorch.
+load_variant = build_variant
