@@ -29,8 +29,8 @@ def calibrate_in_child(spec_path: str, member: str, variant: str, out: str, thre
     """Run `member` as `variant` (or its reference) over the calibration set; save logits."""
     from enserve.members import load_member
     from enserve.precision.calibration import load_calibration
-    from enserve.variants.load import load_variant
     from enserve.variants.fingerprint import atomic_write_target
+    from enserve.variants.load import load_variant
 
     spec = load_spec(spec_path)
     member_spec = spec.member(member)
