@@ -38,8 +38,8 @@ def main() -> None:
     engine = Engine(spec, plan).start()
     try:
         answers = np.concatenate([
-            engine.infer_sync({"input": split.x_test[i:i + 64]}, timeout=120)
-            .probabilities.argmax(axis=1) for i in range(0, len(split.x_test), 64)])
+            engine.infer_sync({"input": split.x_test[i:i + 32]}, timeout=120)
+            .probabilities.argmax(axis=1) for i in range(0, len(split.x_test), 32)])
     finally:
         engine.stop()
     report = {
