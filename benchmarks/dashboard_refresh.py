@@ -128,7 +128,7 @@ def take_screenshot(port: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="enserve-chromium-") as profile:
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", "--window-size=1400,1500", "--virtual-time-budget=6000",
+                        f"--user-data-dir={profile}", "--window-size=1400,1300", "--virtual-time-budget=6000",
                         f"--screenshot={path}", f"http://127.0.0.1:{port}/dashboard"],
                        check=True, capture_output=True, timeout=120)
 

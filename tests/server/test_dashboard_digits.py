@@ -50,7 +50,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     shutil.copytree(repo / "digits", repo / "other")  # in the repository, never loaded
     (repo / "other" / "plan.json").unlink()
     server = start_server(repo, tmp_path_factory.mktemp("server"), "--backend", "engine",
-                          "--memory-budget-mb", "16384", models=["digits"])
+                          "--memory-budget-mb", "16384", "--plan-policy", "reuse", models=["digits"])
     yield server
     assert server.stop() == 0, server.log.read_text()
 
