@@ -1,7 +1,8 @@
 """A plan made on other hardware: say so, then reuse it, re-plan for this machine, or fail.
 
 `fit_plan` compares the plan's hardware fingerprint (`Plan.hardware`) with this
-machine's. A plan without one counts as made elsewhere. Under `replan` the spec is
+machine's. A plan without one (hand-written, or older than fingerprints) is reused under
+`replan` with a message, and refused under `fail`. Under `replan` a foreign plan's spec is
 profiled here (progress bar; every entry cached under this machine's fingerprint, so the
 next start is instant) for the variants, precision mode and fusion the old plan used,
 and planned again with its algorithm and objective.
@@ -48,6 +49,11 @@ def fit_plan(spec_path: str | Path, plan: Any, policy: str = "replan", *, where:
     if why is None:
         return plan
     message = f"{where}: {why}; this machine: {here.describe()}"
+    if hardware_from(getattr(plan, "hardware", None)) is None and policy == "replan":
+        # Hand-written plans and plans older than fingerprints: nothing says they are
+        # foreign, so they are kept (fail still refuses them).
+        say(f"{message}; reusing it (--plan-policy fail refuses plans without one)")
+        return plan
     if policy == "reuse":
         say(f"{message}; reusing it as is (--plan-policy reuse)")
         return plan

@@ -135,8 +135,13 @@ def test_a_plan_from_a_foreign_fingerprint_is_replanned_reused_or_refused(
         "hardware": foreign.to_json_dict(), "precision": {"mode": "fp32", "members": {}},
     })
     said: list[str] = []
+    unmarked = Plan.from_dict({**old.to_dict(), "hardware": None})
+    assert fit_plan(spec, unmarked, "replan", say=said.append) is unmarked
+    assert "no hardware fingerprint" in said[-1]
+    with pytest.raises(PlanError, match="no hardware fingerprint"):
+        fit_plan(spec, unmarked, "fail", say=said.append)
     assert fit_plan(spec, old, "reuse", say=said.append) is old
-    assert "Intel(R) Xeon(R)" in said[0] and "reusing" in said[0]
+    assert "Intel(R) Xeon(R)" in said[-1] and "reusing" in said[-1]
     with pytest.raises(PlanError, match="plan-policy fail"):
         fit_plan(spec, old, "fail", say=said.append)
     new = fit_plan(spec, old, "replan", progress=False, cache_dir=tmp_path / "cache",

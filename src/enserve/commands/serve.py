@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="do not serve the operator's page (/dashboard) and its JSON (/dashboard/state)")
     p.add_argument("--plan-policy", choices=("reuse", "replan", "fail"), default="replan",
                    help="an ensemble's plan.json made on other hardware (its fingerprint "
-                        "differs from this machine's, or it has none): reuse it, re-plan for "
+                        "differs from this machine's): reuse it, re-plan for "
                         "this machine (profiles with a progress bar, cached), or refuse to "
                         "load it (default replan)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
