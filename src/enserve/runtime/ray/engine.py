@@ -685,7 +685,18 @@ class RayEngine:
         chunk.token += 1
         ref = a.handle.run.remote(chunk.batch.ref, chunk.start, chunk.stop)
         sent = (a, a.generation, chunk.token)
-        ref.future().add_done_callback(lambda f: self._events.put(("result", sent, chunk, f)))
+        ref.future().add_done_callback(lambda f: self._answered(sent, chunk, f))
+
+    def _answered(self, sent: tuple[_Actor, int, int], chunk: _Chunk, future: Future[Any]) -> None:
+        """Ray's callback thread: a success is folded in right here (no thread hop, no Ray
+        call); a failure goes to the collector, which may retry through Ray."""
+        if future.exception() is None:
+            try:
+                self._on_result(*sent, chunk, future)
+                return
+            except Exception:
+                log.exception("folding an answer failed")
+        self._events.put(("result", sent, chunk, future))
 
     # ----------------------------------------------------------------- collector
     def _collect_loop(self) -> None:
@@ -727,8 +738,6 @@ class RayEngine:
             s.compute_s += compute_s
             s.chunk_rows.append(chunk.rows)
             s.compute_samples.append(compute_s)
-            if a.state == "draining" and not a.inflight:
-                self._retire(a)
             if batch.error is not None or batch.done:
                 return
             for member, arr in logits.items():
@@ -738,18 +747,16 @@ class RayEngine:
                                                           dtype=np.float32)
                 out[chunk.start:chunk.stop] = arr
             batch.remaining[chunk.unit] -= chunk.rows
-            unit_done = batch.remaining[chunk.unit] == 0
-            all_done = unit_done and not any(batch.remaining.values())
-        if unit_done:
-            try:
+            if batch.remaining[chunk.unit] > 0:
+                return
+            try:  # this member answered every row: fold it in (under the lock: one at a time)
                 for member in self.units[chunk.unit]:
                     batch.running.add(self._member_names.index(member), batch.logits[member])
             except Exception as exc:
-                with self._lock:
-                    self._fail_batch(batch, f"combiner failed: {exc}")
+                self._fail_batch(batch, f"combiner failed: {exc}")
                 return
-        if all_done:
-            self._complete(batch)
+            if not any(batch.remaining.values()):
+                self._complete(batch)
 
     def _on_failure(self, a: _Actor, generation: int, chunk: _Chunk, exc: BaseException) -> None:
         import ray.exceptions as rex
@@ -839,11 +846,15 @@ class RayEngine:
                 log.exception("supervisor round failed")
 
     def _check_actors(self) -> None:
-        """Restart dead actors on alive nodes, kill hung or slow-starting ones, and fail
-        work that has waited too long for an actor (never a hung request)."""
+        """Restart dead actors on alive nodes, kill hung or slow-starting ones, retire
+        replaced ones that have drained, and fail work that has waited too long for an
+        actor (never a hung request)."""
         now = time.monotonic()
         with self._lock:
             for a in list(self._actors):
+                if a.state == "draining" and not a.inflight:
+                    self._retire(a)
+                    continue
                 if a.state == "ready" and a.inflight and self.task_timeout_s is not None \
                         and now - a.last_progress > self.task_timeout_s:
                     a.error = (f"actor {a.label} answered nothing for {self.task_timeout_s:g} s "
