@@ -152,7 +152,8 @@ def main() -> None:
 
             victim = next(a for a in engine._actors if a.node == "node-0")
             ray.kill(victim.handle, no_restart=True)
-            out["actor_kill_recovered_s"] = wait_until(lambda: whole(engine, None), 60)
+            out["actor_kill_recovered_s"] = wait_until(
+                lambda: engine.stats()["restarts"] >= 1 and whole(engine, None), 60)
             time.sleep(1.0)
             out["actor_kill_load"] = load.stop()
             out["restarts"] = engine.stats()["restarts"]
