@@ -357,14 +357,20 @@ def inside(args: argparse.Namespace) -> None:
     for part in args.parts:
         log(f"part {part}")
         t0 = time.monotonic()
-        if part == "overhead":
-            result = part_overhead(args.requests)
-        elif part == "one-node":
-            result = part_one_node(args.duration)
-        elif part == "simulated":
-            result = part_simulated(args.duration)
-        else:
-            result = part_node_loss(args.duration)
+        try:
+            if part == "overhead":
+                result = part_overhead(args.requests)
+            elif part == "one-node":
+                result = part_one_node(args.duration)
+            elif part == "simulated":
+                result = part_simulated(args.duration)
+            else:
+                result = part_node_loss(args.duration)
+        except Exception as exc:  # one part failing must not lose the others' figures
+            import traceback
+
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"}
         result["wall_s"] = time.monotonic() - t0
         out["parts"][part] = result
         log(json.dumps(result, default=str)[:2000])

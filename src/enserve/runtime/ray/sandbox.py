@@ -127,6 +127,7 @@ def local_cluster(nodes: Sequence[NodeSpec], health_check_ms: int = 500) -> Any:
     small object stores, fast node-failure detection) and connect this process to it.
     Call `cluster.shutdown()` (and `ray.shutdown()`) when done."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a busy machine starts slowly
     import ray
     from ray.cluster_utils import Cluster
 
