@@ -190,7 +190,9 @@ def main() -> None:
 
         sim = load_spec(sim_dir)
         sim_ref = ReferenceExecutor(sim)
-        with RayEngine(sim, sim_plan([m.name for m in sim.members]), max_batch=16) as engine:
+        # inline_bytes=0: every batch goes through the object store (ray.put once)
+        with RayEngine(sim, sim_plan([m.name for m in sim.members]), max_batch=16,
+                       inline_bytes=0) as engine:
             stats = engine.stats()
             out["sim_gpu_fractions"] = sorted(i["gpu_fraction"] for i in stats["instances"])
             out["sim_max_diff"] = max_diff(engine, sim_ref, tuple(sim.inputs[0].shape[1:]),

@@ -148,6 +148,7 @@ class RayEngine:
         backlog_timeout_s: float = 60.0,
         check_interval_s: float = 0.5,
         default_batch_size: int = 8,
+        inline_bytes: int = 100 * 1024,
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         if isinstance(profile, (str, Path)):
@@ -168,6 +169,7 @@ class RayEngine:
         self.backlog_timeout_s = backlog_timeout_s
         self.check_interval_s = check_interval_s
         self.default_batch_size = default_batch_size
+        self.inline_bytes = inline_bytes  # batches up to this size travel inside the tasks
         self.plan: Plan | None = None  # the full plan (all nodes), node-qualified
         self.current: Plan | None = None  # what runs now (re-planned while nodes are lost)
         self._member_names = [m.name for m in self.spec.members]
@@ -649,7 +651,10 @@ class RayEngine:
         else:
             arrays = {name: np.concatenate([r.inputs[name] for r in requests])
                       for name in requests[0].inputs}
-        ref = ray.put(arrays)  # once: every member's actors read this one copy
+        if sum(a.nbytes for a in arrays.values()) > self.inline_bytes:
+            ref: Any = ray.put(arrays)  # once: every member's actors read this one copy
+        else:  # small: sent inside each task (as Ray inlines small objects), no store trip
+            ref = arrays
         with self._lock:
             batch = _Batch(next(self._ids), requests, rows, ref, {u: rows for u in self.units},
                            RunningCombination(self.spec.combiner, self._weights,
