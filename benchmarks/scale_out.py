@@ -205,7 +205,7 @@ def measure_sim(spec: Any, plan: Any, duration: float) -> dict[str, Any]:
         async def call(x: Any) -> Any:
             return await engine.infer(x, outputs=["probabilities"])
 
-        concurrency = 3 * max(1, batch // rows) + 4
+        concurrency = 4 * max(1, batch // rows) + 8  # enough in flight to fill 3 batches
         result = run_load(call, payloads, "closed", concurrency, 0.0, duration, 3.0)
         stats = engine.stats()
     predicted = plan.predicted.throughput

@@ -65,10 +65,14 @@ class InstanceActor:
 
     def run(self, inputs: dict[str, np.ndarray], start: int, stop: int
             ) -> tuple[dict[str, np.ndarray], float]:
-        """Logits of rows start:stop for each member this instance computes, and the
-        compute time."""
+        """Logits of rows start:stop for each member this instance computes, run in pieces
+        of the planned batch size, and the compute time."""
         t0 = time.perf_counter()
-        out = self._forward(inputs, start, stop)
+        step = max(1, self.cfg.batch_size)
+        pieces = [self._forward(inputs, a, min(stop, a + step)) for a in range(start, stop, step)]
+        if len(pieces) == 1:
+            return pieces[0], time.perf_counter() - t0
+        out = {m: np.concatenate([p[m] for p in pieces]) for m in pieces[0]}
         return out, time.perf_counter() - t0
 
     def _forward(self, inputs: dict[str, np.ndarray], start: int, stop: int

@@ -663,9 +663,10 @@ class RayEngine:
             self._counters.batches += 1
             self._counters.batch_rows.append(rows)
             for unit in self.units:
+                # one task per serving actor (it runs its rows in pieces of its planned
+                # batch size): a batch costs a task per instance, not per planned batch
                 actors = self._serving(unit)
-                size = max((a.cfg.batch_size for a in actors), default=rows)
-                for start, stop in chunk_rows(rows, size, max(1, len(actors))):
+                for start, stop in chunk_rows(rows, rows, max(1, len(actors))):
                     self._assign(_Chunk(next(self._ids), batch, unit, start, stop))
 
     def _serving(self, unit: str) -> list[_Actor]:
