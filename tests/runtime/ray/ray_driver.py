@@ -197,6 +197,21 @@ def main() -> None:
             out["sim_gpu_fractions"] = sorted(i["gpu_fraction"] for i in stats["instances"])
             out["sim_max_diff"] = max_diff(engine, sim_ref, tuple(sim.inputs[0].shape[1:]),
                                            range(6))
+
+        # the server's `--backend ray` (no plan file: one instance per member over the nodes)
+        import asyncio
+
+        from enserve.server.app import backend_factory
+
+        backend = backend_factory("ray", ray_address=None)(spec)
+        try:
+            x = np.random.default_rng(7).standard_normal((3, *shape)).astype(np.float32)
+            outcome = asyncio.run(backend.infer({spec.inputs[0].name: x}, None))
+            out["server_backend_diff"] = float(np.abs(
+                outcome.result.probabilities - reference.infer(x).probabilities).max())
+            out["server_backend_nodes"] = sorted({i["node"] for i in backend.stats()["instances"]})
+        finally:
+            backend.shutdown()
     finally:
         import ray
 

@@ -114,3 +114,6 @@ def test_ray_backend_on_a_three_node_cluster(tmp_path: Path) -> None:
     # simulated members on fractional (fake) GPUs in per-GPU placement groups
     assert r["sim_gpu_fractions"] == [0.5, 0.5, 1.0]
     assert r["sim_max_diff"] < 1e-5
+    # the server's Ray backend, planned by default over the nodes
+    assert r["server_backend_diff"] < 1e-5
+    assert r["server_backend_nodes"] == ["node-0", "node-1", "node-2"]
