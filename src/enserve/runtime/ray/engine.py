@@ -694,14 +694,9 @@ class RayEngine:
         ref.future().add_done_callback(lambda f: self._answered(sent, chunk, f))
 
     def _answered(self, sent: tuple[_Actor, int, int], chunk: _Chunk, future: Future[Any]) -> None:
-        """Ray's callback thread: a success is folded in right here (no thread hop, no Ray
-        call); a failure goes to the collector, which may retry through Ray."""
-        if future.exception() is None:
-            try:
-                self._on_result(*sent, chunk, future)
-                return
-            except Exception:
-                log.exception("folding an answer failed")
+        """Ray's callback thread: hand the answer to the collector and return at once. (No
+        lock is taken here: a thread holding the engine's lock may be inside a Ray call that
+        needs this very thread to make progress.)"""
         self._events.put(("result", sent, chunk, future))
 
     # ----------------------------------------------------------------- collector
