@@ -164,7 +164,19 @@ class RunningCombination:
         """Float32 probabilities `[batch, classes]` and the members' agreement `[batch]`."""
         if not self.complete or self._acc is None:
             raise ValueError(f"{len(self.member_top1)} of {self.members} members added")
+        return self._finish(self._acc)
+
+    def partial(self) -> tuple[np.ndarray, np.ndarray]:
+        """The combination of the members added so far, as if they were the whole ensemble
+        (their weights renormalized): equals `combine` on their logits with their weights."""
+        if self._acc is None:
+            raise ValueError("no member added yet")
         acc = self._acc
+        if self.rule != "max_prob":
+            acc = acc / float(sum(self.weights[i] for i in self.member_top1))
+        return self._finish(acc)
+
+    def _finish(self, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.rule in ("mean_logits", "geometric_mean"):
             probs = softmax(acc)
         elif self.rule == "max_prob":

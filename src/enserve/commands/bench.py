@@ -77,6 +77,11 @@ def register(sub: Any) -> None:
     p.add_argument("--levels", help="sweep levels, comma-separated (concurrencies or rates)")
     p.add_argument("--plot", default=None,
                    help="sweep PNG path (default bench-sweep.png); implies --sweep")
+    p.add_argument("--policy", choices=("full", "cascade"), default="full",
+                   help="cascade: the calibrated cascade of the spec's policy.json next to "
+                        "the full ensemble, with accuracy on --data/--labels (default full)")
+    p.add_argument("--data", help="with --policy cascade: labelled inputs .npy")
+    p.add_argument("--labels", help="with --policy cascade: integer labels .npy")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=run)
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     report: dict[str, Any]
+    if args.policy == "cascade":
+        return _run_policy(args, spec, cfg, profile, progress)
     if args.sweep or args.plot:  # asking for a plot is asking for the sweep that draws it
         if not cfg.baselines:  # a sweep is a comparison: draw every baseline unless told
             cfg = replace(cfg, baselines=list(SWEEP_BASELINES))
@@ -192,6 +199,36 @@ def _print_table(report: dict[str, Any]) -> None:
         if ratio:
             print(f"enserve / {name}: {ratio:.2f}x throughput, "
                   f"{report['latency_ratios'][name]:.2f}x p50 latency")
+
+
+def _run_policy(args: argparse.Namespace, spec: Any, cfg: Any, profile: Any,
+                progress: Any) -> int:
+    import numpy as np
+
+    from enserve.bench.policies import print_policy_report, run_policy_bench
+    from enserve.policies.policy_file import spec_policy
+
+    if not args.data or not args.labels:
+        raise EnserveError("--policy cascade needs --data and --labels (labelled inputs)")
+    arrays = []
+    for flag, path in (("--data", args.data), ("--labels", args.labels)):
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise EnserveError(f"{flag} {path}: cannot read a .npy array ({exc})") from None
+    data, labels = arrays
+    if len(data) != len(labels) or labels.ndim != 1:
+        raise EnserveError(f"--data has {len(data)} rows, --labels shape {list(labels.shape)}")
+    report = run_policy_bench(spec, spec_policy(spec), data, labels, cfg, profile, progress)
+    text = json.dumps(report, indent=2, default=str)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print_policy_report(report)
+    return 0
 
 
 def _load_plan(path: str) -> Any:
