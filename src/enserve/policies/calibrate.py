@@ -2,13 +2,18 @@
 minimize the expected cost per row while the accuracy stays within `max_accuracy_drop`
 of the full ensemble's on the same data.
 
+The bound is kept conservatively: at most `max_accuracy_drop` x rows may be *lost* (rows
+the full ensemble gets right and the cascade gets wrong); rows the cascade happens to get
+right where the full ensemble does not are not counted against the losses, so thresholds
+do not lean on lucky rows of the calibration data.
+
 Pure: it takes every member's logits on the data (computed once) and a cost per row for
 each member (from a profile, or measured), and touches no hardware.
 
 Search: every order of the members (up to 6 members; beyond that, cheapest first), one
 member per stage; per order, thresholds by coordinate descent from "never exit" over a
 grid of the observed confidences (each step takes the single threshold change that
-lowers the cost most while the accuracy stays allowed). Stages whose threshold is never
+lowers the cost most while the losses stay allowed). Stages whose threshold is never
 reached are merged into the next one (same answer, one round trip less).
 """
 
@@ -74,6 +79,7 @@ class _Order:
     conf: np.ndarray  # [stages, rows]
     correct: np.ndarray  # [stages, rows] bool
     cost: np.ndarray  # [stages]
+    loss: np.ndarray  # [stages, rows] bool: the full ensemble is right, this answer is not
 
     def exit_stages(self, thresholds: np.ndarray) -> np.ndarray:
         """Per row, the first stage whose threshold its confidence passes (else the last)."""
@@ -82,14 +88,17 @@ class _Order:
         return np.asarray(passed.argmax(axis=0))
 
     def evaluate(self, thresholds: np.ndarray) -> tuple[int, float, np.ndarray]:
-        """(correct rows, cost per row, exit stage per row) for thresholds of stages 0..n-2."""
+        """(rows lost, cost per row, exit stage per row) for thresholds of stages 0..n-2."""
         exit_stage = self.exit_stages(thresholds)
-        correct = int(self.correct[exit_stage, np.arange(exit_stage.size)].sum())
-        return correct, float(np.cumsum(self.cost)[exit_stage].mean()), exit_stage
+        lost = int(self.loss[exit_stage, np.arange(exit_stage.size)].sum())
+        return lost, float(np.cumsum(self.cost)[exit_stage].mean()), exit_stage
+
+    def correct_rows(self, exit_stage: np.ndarray) -> int:
+        return int(self.correct[exit_stage, np.arange(exit_stage.size)].sum())
 
     def sweep(self, thresholds: np.ndarray, k: int, values: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
-        """(correct rows, cost per row) for each value of stage k's threshold, the others
+        """(rows lost, cost per row) for each value of stage k's threshold, the others
         fixed: rows that exit before k are unaffected; the rest exit at k if they pass,
         else where they would exit without stage k."""
         rows = np.arange(self.conf.shape[1])
@@ -98,15 +107,15 @@ class _Order:
         without[k] = NEVER
         exit_without = self.exit_stages(without)
         before = exit_without < k
-        fixed_correct = int(self.correct[exit_without[before], rows[before]].sum())
+        fixed_lost = int(self.loss[exit_without[before], rows[before]].sum())
         fixed_cost = float(cumcost[exit_without[before]].sum())
         rest = rows[~before]
         passes = self.conf[k, rest][None, :] >= values[:, None]  # [values, rest]
-        ok_here = self.correct[k, rest]
-        ok_later = self.correct[exit_without[rest], rest]
-        correct = fixed_correct + np.where(passes, ok_here, ok_later).sum(axis=1)
+        lost_here = self.loss[k, rest]
+        lost_later = self.loss[exit_without[rest], rest]
+        lost = fixed_lost + np.where(passes, lost_here, lost_later).sum(axis=1)
         cost = fixed_cost + np.where(passes, cumcost[k], cumcost[exit_without[rest]]).sum(axis=1)
-        return correct, cost / rows.size
+        return lost, cost / rows.size
 
 
 def _order_data(spec: EnsembleSpec, members: Sequence[str], logits: Mapping[str, np.ndarray],
@@ -120,22 +129,23 @@ def _order_data(spec: EnsembleSpec, members: Sequence[str], logits: Mapping[str,
             cache[key] = (confidence(probs, kind), probs.argmax(axis=-1) == labels)
         conf.append(cache[key][0])
         correct.append(cache[key][1])
-    return _Order(list(members), np.array(conf), np.array(correct),
-                  np.array([costs[m] for m in members], dtype=np.float64))
+    correct_arr = np.array(correct)
+    return _Order(list(members), np.array(conf), correct_arr,
+                  np.array([costs[m] for m in members], dtype=np.float64),
+                  correct_arr[-1][None, :] & ~correct_arr)
 
 
-def _descend(order: _Order, allowed_errors: int) -> tuple[np.ndarray, float]:
+def _descend(order: _Order, allowed_losses: int) -> tuple[np.ndarray, float]:
     stages = len(order.members)
     thresholds = np.full(stages - 1, NEVER)
-    rows = order.conf.shape[1]
     _, best_cost, _ = order.evaluate(thresholds)
     grids = [np.unique(np.r_[np.quantile(order.conf[k], np.linspace(0.0, 1.0, GRID)), NEVER])
              for k in range(stages - 1)]
     while True:
         move: tuple[int, float, float] | None = None
         for k in range(stages - 1):
-            correct, cost = order.sweep(thresholds, k, grids[k])
-            allowed = (rows - correct <= allowed_errors) & (cost < best_cost - 1e-15)
+            lost, cost = order.sweep(thresholds, k, grids[k])
+            allowed = (lost <= allowed_losses) & (cost < best_cost - 1e-15)
             if allowed.any():
                 j = int(np.argmin(np.where(allowed, cost, np.inf)))
                 if move is None or cost[j] < move[2]:
@@ -177,7 +187,7 @@ def calibrate(spec: EnsembleSpec, logits: Mapping[str, np.ndarray], labels: np.n
         raise EnserveError(f"calibrate: max accuracy drop {max_accuracy_drop} is not in [0, 1)")
     full_probs, _ = combine_members(spec, logits)
     full_correct = int((full_probs.argmax(axis=-1) == labels).sum())
-    allowed_errors = rows - full_correct + math.floor(max_accuracy_drop * rows + 1e-9)
+    allowed_losses = math.floor(max_accuracy_drop * rows + 1e-9)
     orders: list[tuple[str, ...]] = (
         list(itertools.permutations(names)) if len(names) <= MAX_PERMUTED
         else [tuple(sorted(names, key=lambda n: member_cost_s[n]))])
@@ -187,12 +197,13 @@ def calibrate(spec: EnsembleSpec, logits: Mapping[str, np.ndarray], labels: np.n
     for kind in confidences:
         for members in orders:
             order = _order_data(spec, members, logits, labels, member_cost_s, kind, cache)
-            thresholds, cost = _descend(order, allowed_errors)
+            thresholds, cost = _descend(order, allowed_losses)
             if best is None or cost < best[0] - 1e-15:
                 best = (cost, order, thresholds, kind)
     assert best is not None
     cost, order, thresholds, kind = best
-    correct, _, exit_stage = order.evaluate(thresholds)
+    _, _, exit_stage = order.evaluate(thresholds)
+    correct = order.correct_rows(exit_stage)
     stages = _merge_never(order.members, thresholds.tolist())
     reach = {m: float((exit_stage >= j).mean()) for j, m in enumerate(order.members)}
     exit_rates = []
