@@ -172,7 +172,7 @@ class ReferenceBackend:
         probs, agree = combine_members(self.spec, logits)
         combine_s = time.perf_counter() - t0
         self._batches += 1
-        result = EnsembleResult(probs, agree, logits, tuple(logits))
+        result = EnsembleResult(probs, agree, logits, members=tuple(logits))
         return Outcome(result, Timing(0.0, time.perf_counter() - started, member_s, combine_s))
 
     def stats(self) -> dict[str, Any]:

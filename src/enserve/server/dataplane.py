@@ -238,8 +238,8 @@ class DataPlane:
         except TimeoutError:
             self.metrics.observe_deadline_exceeded(loaded.name)
             raise ServerError("request timed out: no answer by its deadline", Code.TIMEOUT) from None
-        except ServerError as exc:
-            if exc.code is Code.TIMEOUT:
+        except Exception as exc:
+            if as_server_error(exc).code is Code.TIMEOUT:
                 self.metrics.observe_deadline_exceeded(loaded.name)
             raise
         self.metrics.observe_policy(loaded.name, ran)

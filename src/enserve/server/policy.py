@@ -111,7 +111,7 @@ async def _cascade(runner: MemberBackend, spec: EnsembleSpec, inputs: Mapping[st
     params = {"policy": "cascade", "members": ",".join(reached),
               "cascade_exits": ",".join(str(n) for n in exits)}
     return PolicyOutcome(Outcome(EnsembleResult(result.probabilities, result.agreement,
-                                                result.member_logits, reached), timing),
+                                                result.member_logits, members=reached), timing),
                          params, exits)
 
 
