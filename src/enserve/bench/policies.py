@@ -58,7 +58,8 @@ async def _client(engine: Any, spec: EnsembleSpec, cascade: Cascade | None, data
             answer = run.result()
             probs = answer.result.probabilities
             exits = answer.exits(len(cascade.stages))
-            tally.exits = [a + b for a, b in zip(tally.exits, exits, strict=True)] or exits
+            tally.exits = ([a + b for a, b in zip(tally.exits, exits, strict=True)]
+                           if tally.exits else list(exits))
         if time.perf_counter() <= until:
             tally.latencies.append(time.perf_counter() - t0)
             tally.rows += rows
