@@ -88,7 +88,7 @@ def _measure(engine: Any, spec: EnsembleSpec, cascade: Cascade | None, data: np.
         "throughput": tally.rows / cfg.duration_s,
         "rows": tally.rows,
         "accuracy": tally.correct / tally.rows if tally.rows else 0.0,
-        **{f"{k}_s": v for k, v in percentiles(tally.latencies).items()},
+        **percentiles(tally.latencies),
     }
     if cascade is not None and tally.exits:
         out["exit_rates"] = [n / max(1, sum(tally.exits)) for n in tally.exits]
