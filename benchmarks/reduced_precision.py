@@ -18,6 +18,7 @@ import numpy as np
 
 from enserve.bench.load import run_load
 from enserve.demo.digits import digits_split
+from enserve.formats.plan import Plan
 from enserve.runtime import Engine
 from enserve.spec import load_spec
 
@@ -27,10 +28,10 @@ os.environ.setdefault("ENSERVE_TRUSTED_CODE", "models.py")
 DIGITS = Path("examples/digits")
 
 
-def plan_for(spec, variant: str, batch: int) -> dict:
-    return {"instances": [{"member": m.name, "variant": variant, "device": "cpu",
-                           "batch_size": batch, "share": 1, "memory_bytes": 0}
-                          for m in spec.members]}
+def plan_for(spec, variant: str, batch: int) -> Plan:
+    return Plan.of([{"member": m.name, "variant": variant, "device": "cpu",
+                     "batch_size": batch, "share": 1, "memory_bytes": 0}
+                    for m in spec.members])
 
 
 def measure(spec, variant: str, samples, labels, duration: float, batch: int) -> dict:

@@ -14,9 +14,17 @@ from enserve.errors import InferenceError
 from enserve.spec import EnsembleSpec
 
 
+class ValidInputs(dict[str, np.ndarray]):
+    """A request's inputs as `validate_inputs` returned them: every declared input, in its
+    declared dtype, C-contiguous, `rows` rows each. Whoever receives one need not check it
+    again."""
+
+    rows: int
+
+
 def validate_inputs(
     spec: EnsembleSpec, inputs: Mapping[str, np.ndarray] | np.ndarray, max_batch: int | None = None
-) -> dict[str, np.ndarray]:
+) -> ValidInputs:
     """Return the request's inputs as arrays of the declared dtype; raise InferenceError on
     a missing/unknown input, a wrong rank or axis size, a mismatched batch or a non-finite
     float value."""
@@ -26,7 +34,7 @@ def validate_inputs(
     unknown = sorted(set(inputs) - set(declared))
     if unknown:
         raise InferenceError(f"unknown input(s) {unknown}; '{spec.name}' takes {sorted(declared)}")
-    out: dict[str, np.ndarray] = {}
+    out = ValidInputs()
     batch: int | None = None
     for name, tspec in declared.items():
         if name not in inputs:
@@ -62,6 +70,8 @@ def validate_inputs(
         out[name] = np.ascontiguousarray(arr)
     if max_batch is not None and batch is not None and batch > max_batch:
         raise InferenceError(f"batch {batch} exceeds the limit {max_batch}")
+    assert batch is not None  # a spec declares at least one input
+    out.rows = batch
     return out
 
 
@@ -74,12 +84,19 @@ def v2_datatype_or_name(dtype: np.dtype) -> str:
 
 @dataclass
 class EnsembleResult:
-    """What an ensemble answers for one batch."""
+    """What an ensemble answers for one batch.
+
+    `member_logits` holds the members whose logits were asked for. Where the engine
+    answered, `member_s` gives each member's time for this request's batch (from the
+    batch's start until that member's last rows were in) and `queue_s` the wait before the
+    batch started."""
 
     probabilities: np.ndarray
     agreement: np.ndarray
     member_logits: dict[str, np.ndarray] = field(default_factory=dict)
     members: tuple[str, ...] | None = None  # the members combined (None: every member)
+    member_s: dict[str, float] = field(default_factory=dict)
+    queue_s: float = 0.0
 
     def outputs(self, spec: EnsembleSpec, requested: list[str] | None = None) -> dict[str, np.ndarray]:
         """Named output tensors. Always available: `probabilities`, `agreement`,
@@ -94,14 +111,20 @@ class EnsembleResult:
         for name, logits in self.member_logits.items():
             all_out[f"logits_{name}"] = logits
         if requested is None:
-            names = ["probabilities"]
-            if spec.return_members:
-                names += [f"logits_{m.name}" for m in spec.members]
-            requested = names
+            requested = default_outputs(spec)
         missing = [n for n in requested if n not in all_out]
         if missing:
             raise InferenceError(f"unknown output(s) {missing}; available: {sorted(all_out)}")
         return {n: all_out[n] for n in requested}
+
+
+def default_outputs(spec: EnsembleSpec) -> list[str]:
+    """What a request that names no outputs gets: the probabilities, and every member's
+    logits when the spec says `return_members`."""
+    names = ["probabilities"]
+    if spec.return_members:
+        names += [f"logits_{m.name}" for m in spec.members]
+    return names
 
 
 def output_names(spec: EnsembleSpec) -> list[str]:

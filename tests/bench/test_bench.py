@@ -165,15 +165,18 @@ def test_bench_unfused_baseline_is_skipped_without_fused_groups(tiny_spec_path: 
 def test_resolve_plan_under_each_fusion_mode(tiny_spec_path: Path):
     from enserve.bench.plans import resolve_plan
     from enserve.errors import EnserveError
+    from enserve.formats.plan import Plan
 
     spec = load_spec(tiny_spec_path)
-    fused = {"instances": [{"member": "fx:a+b", "variant": "fused-fx", "device": "cpu",
-                            "batch_size": 4, "share": 2, "memory_bytes": 0}]}
+    fused = Plan.of([{"member": "fx:a+b", "variant": "fused-fx", "device": "cpu",
+                      "batch_size": 4, "share": 2, "memory_bytes": 0}])
     off = resolve_plan(spec, fused, None, "off", cores=2).plan
-    assert [(i["member"], i["share"]) for i in off["instances"]] == [("a", 1.0), ("b", 1.0)]
+    assert off is not None
+    assert [(i.member, i.share) for i in off.instances] == [("a", 1.0), ("b", 1.0)]
     assert resolve_plan(spec, fused, None, "auto", cores=2).plan is fused
     with pytest.raises(EnserveError, match="uses no fused group"):
         resolve_plan(spec, off, None, "on", cores=2)
     default_on = resolve_plan(spec, None, None, "on", cores=2)
-    assert [i["member"] for i in default_on.plan["instances"]] == ["fx:a+b", "fx:a+b"]
+    assert default_on.plan is not None
+    assert [i.member for i in default_on.plan.instances] == ["fx:a+b", "fx:a+b"]
     assert resolve_plan(spec, None, None, "auto", cores=2).plan is None

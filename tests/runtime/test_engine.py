@@ -13,6 +13,7 @@ import pytest
 
 from enserve.combine import COMBINERS
 from enserve.errors import InferenceError, ModelLoadError, OverloadedError
+from enserve.formats.plan import Plan
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine
 from tests.helpers.runtime import make_spec, worker_children
@@ -53,8 +54,8 @@ PLANS = {
 def test_plans_match_reference_and_respect_batch_sizes(tmp_path: Path, name: str):
     spec = make_spec(tmp_path, ["net_a", "net_b", "net_c"], "weighted_mean_prob",
                      weights=[3.0, 1.0, 1.0])
-    plan = {"instances": [{"member": m, "variant": None, "device": "cpu", "batch_size": b,
-                           "share": s, "memory_bytes": 0} for m, b, s in PLANS[name]]}
+    plan = Plan.of([{"member": m, "variant": None, "device": "cpu", "batch_size": b,
+                     "share": s, "memory_bytes": 0} for m, b, s in PLANS[name]])
     reference = ReferenceExecutor(spec)
     requests = [_x(n) for n in (4, 1, 7, 2, 3, 6)]
     with Engine(spec, plan, max_batch=16) as engine:
@@ -213,8 +214,8 @@ def test_startup_failure_names_the_member_and_cleans_up(tmp_path: Path):
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_instances_match_reference(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "net_b"])
-    plan = {"instances": [{"member": m, "variant": "eager", "device": "cuda:0", "batch_size": 4,
-                           "share": 50, "memory_bytes": 0} for m in ("net_a_0", "net_b_1")]}
+    plan = Plan.of([{"member": m, "variant": "eager", "device": "cuda:0", "batch_size": 4,
+                     "share": 50, "memory_bytes": 0} for m in ("net_a_0", "net_b_1")])
     x = _x(3)
     with Engine(spec, plan, max_batch=4) as engine:
         _assert_same(engine.infer_sync(x, timeout=60), ReferenceExecutor(spec).infer(x))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from enserve.errors import PlanError
+from enserve.formats.plan import Plan
 from enserve.plan.fusion import unfuse_plan
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine
@@ -22,9 +23,9 @@ def _x(rows: int) -> np.ndarray:
     return RNG.standard_normal((rows, 3, 2, 2)).astype(np.float32)
 
 
-def _plan(*instances: tuple[str, str | None, int, float]) -> dict[str, object]:
-    return {"instances": [{"member": m, "variant": v, "device": "cpu", "batch_size": b,
-                           "share": s, "memory_bytes": 0} for m, v, b, s in instances]}
+def _plan(*instances: tuple[str, str | None, int, float]) -> Plan:
+    return Plan.of([{"member": m, "variant": v, "device": "cpu", "batch_size": b,
+                     "share": s, "memory_bytes": 0} for m, v, b, s in instances])
 
 
 def _check(spec, plan, combiner_rows=(4, 1, 7, 2, 3, 6)) -> dict[str, object]:
@@ -80,9 +81,9 @@ def test_unfused_plan_splits_groups_and_still_matches(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "net_b", "net_c"])
     fused = _plan(("fx:net_a_0+net_b_1", "fused-fx", 4, 2), ("net_c_2", "eager", 8, 1))
     unfused = unfuse_plan(fused)
-    assert [(i["member"], i["batch_size"], i["share"]) for i in unfused["instances"]] == [
+    assert [(i.member, i.batch_size, i.share) for i in unfused.instances] == [
         ("net_a_0", 4, 1), ("net_b_1", 4, 1), ("net_c_2", 8, 1)]
-    assert unfused["unfused_from"] == ["fx:net_a_0+net_b_1"]
+    assert list(unfused.unfused_from) == ["fx:net_a_0+net_b_1"]
     _check(spec, unfused, (2, 3))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from enserve.errors import OverloadedError, PlanError
+from enserve.formats.plan import Plan
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
 from enserve.runtime.placement import WorkerConfig, balance_cores, configs_from_plan
 from enserve.runtime.shm import Arena, ArrayField, leaked_segments
@@ -86,13 +87,13 @@ def test_balance_cores_is_lpt():
 
 def test_configs_from_plan_checks_members(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "net_b"])
-    plan = {"instances": [{"member": "net_a_0", "variant": None, "device": "cpu",
-                           "batch_size": 4, "share": 1, "memory_bytes": 0}]}
+    instances: list[dict[str, object]] = [{"member": "net_a_0", "variant": None, "device": "cpu",
+                                           "batch_size": 4, "share": 1, "memory_bytes": 0}]
     with pytest.raises(PlanError, match="net_b_1"):
-        configs_from_plan(spec, plan)
-    plan["instances"].append({"member": "nope", "batch_size": 1, "share": 1})
+        configs_from_plan(spec, Plan.of(instances))
+    instances.append({"member": "nope", "batch_size": 1, "share": 1})
     with pytest.raises(PlanError, match="nope"):
-        configs_from_plan(spec, plan)
+        configs_from_plan(spec, Plan.of(instances))
 
 
 def test_arena_write_once_read_elsewhere():

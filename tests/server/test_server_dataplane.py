@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ class GatedBackend:
     def output_classes(self) -> int | None:
         return 5
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+    async def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
+                    deadline: float | None) -> Outcome:
         submitted = time.monotonic()
         await self.gate.wait()
         check_deadline(deadline, submitted)

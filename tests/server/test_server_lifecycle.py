@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from enserve.reference import ReferenceExecutor
-from enserve.server.engine_backend import engine_available
 from tests.helpers.server import start_server
 
 
@@ -60,7 +58,6 @@ def test_sigterm_drains_admitted_requests(repo: Path, tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.skipif(engine_available() is not None, reason=f"needs the runtime engine: {engine_available()}")
 def test_worker_killed_under_load(repo: Path, tmp_path: Path, oracle: dict[str, ReferenceExecutor]) -> None:
     import psutil
 

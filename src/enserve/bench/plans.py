@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enserve.errors import EnserveError
+from enserve.formats.plan import Plan
+from enserve.formats.profile import Profile
 from enserve.fusion.candidates import fusion_candidates
 from enserve.plan.fusion import FUSION_MODES, choose_fusion, default_fused_plan, plan_groups, unfuse_plan
 from enserve.spec import EnsembleSpec
@@ -22,12 +24,12 @@ from enserve.spec import EnsembleSpec
 
 @dataclass
 class ResolvedPlan:
-    plan: Any
+    plan: Plan | None
     fusion: dict[str, Any] = field(default_factory=dict)  # what the report says about it
 
 
-def resolve_plan(spec: EnsembleSpec, plan: Any, profile: Any, fusion: str, cores: int,
-                 batch_size: int = 8) -> ResolvedPlan:
+def resolve_plan(spec: EnsembleSpec, plan: Plan | None, profile: Profile | None, fusion: str,
+                 cores: int, batch_size: int = 8) -> ResolvedPlan:
     """The plan to bench under `fusion` (see the module docstring)."""
     if fusion not in FUSION_MODES:
         raise EnserveError(f"--fusion: '{fusion}' is not one of {', '.join(FUSION_MODES)}")

@@ -17,6 +17,8 @@ from enserve.bench.load import LoadResult, Target, run_load
 from enserve.bench.plans import resolve_plan
 from enserve.bench.remote import RemoteTarget, connect, run_remote_round
 from enserve.bench.targets import InProcessServer, build_baseline
+from enserve.formats.plan import Plan
+from enserve.formats.profile import Profile
 from enserve.plan.fusion import plan_groups, unfuse_plan
 from enserve.runtime import Engine
 from enserve.runtime.stats import kernel_bound_throughput, percentiles
@@ -104,7 +106,8 @@ class BenchSession:
     `unfused` baseline is a second engine running the same plan with every fused group
     split into its members (`enserve.plan.fusion.unfuse_plan`)."""
 
-    def __init__(self, spec: EnsembleSpec, plan: Any, cfg: BenchConfig, profile: Any = None,
+    def __init__(self, spec: EnsembleSpec, plan: Plan | None, cfg: BenchConfig,
+                 profile: Profile | None = None,
                  progress: Callable[[str], None] = print) -> None:
         self.spec, self.cfg, self.progress = spec, cfg, progress
         self.threads = cfg.threads or len(os.sched_getaffinity(0))
@@ -144,7 +147,7 @@ class BenchSession:
             self.close()
             raise
 
-    def _engine(self, plan: Any, backend: str | None = None) -> Any:
+    def _engine(self, plan: Plan | None, backend: str | None = None) -> Any:
         cfg = self.cfg
         if (backend or cfg.backend) == "ray":
             from enserve.runtime.ray.engine import RayEngine
@@ -155,7 +158,7 @@ class BenchSession:
         return Engine(self.spec, plan, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s,
                       inflight_batches=cfg.inflight_batches, pin=cfg.pin).start()
 
-    def _start_unfused(self, plan: Any) -> None:
+    def _start_unfused(self, plan: Plan | None) -> None:
         if plan is None or not plan_groups(plan):
             self.notes.append("baseline unfused skipped: the plan uses no fused group")
             self.progress(self.notes[-1])
@@ -168,8 +171,9 @@ class BenchSession:
             "plan": "the same plan with each fused group split into its members (same "
                     "device and batch size, the group's share split among them, default "
                     "variants)",
-            "instances": [{k: i[k] for k in ("member", "variant", "batch_size", "share")}
-                          for i in unfused["instances"]],
+            "instances": [{"member": i.member, "variant": i.variant,
+                           "batch_size": i.batch_size, "share": i.share}
+                          for i in unfused.instances],
         }
 
     def _start_fp32(self, profile: Any) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from enserve.errors import EnserveError
+from enserve.formats.plan import Plan
+from enserve.formats.profile import Profile
 from enserve.spec import load_spec
 
 SWEEP_BASELINES = ("sequential", "sequential-fast", "naive")
@@ -231,13 +233,13 @@ def _run_policy(args: argparse.Namespace, spec: Any, cfg: Any, profile: Any,
     return 0
 
 
-def _load_plan(path: str) -> Any:
-    from enserve.runtime.engine import load_plan_file
+def _load_plan(path: str) -> Plan:
+    from enserve.formats.plan import load_plan
 
-    return load_plan_file(path)
+    return load_plan(path)
 
 
-def _load_profile(path: str) -> Any:
+def _load_profile(path: str) -> Profile:
     from enserve.formats.profile import load_profile
 
     return load_profile(path)

@@ -9,27 +9,35 @@ Plan JSON (what `enserve plan --json` prints and the runtime executes)::
      "predicted": {"throughput": 812.5, "latency_s": 0.031},
      "planning_time_s": 0.004}
 
-`variant` null means the member's default variant. `throughput` is in samples (inputs) per
-second, `latency_s` the completion time of one batch (see `enserve.plan.cost`).
+`variant` null means the member's default variant (`"default"` and `""` are read as null).
+An instance whose `member` is a fused group's name (`fx:a+b`, see `enserve.formats.groups`)
+runs the group as one unit; `Instance.group` gives it as data. `throughput` is in samples
+(inputs) per second, `latency_s` the completion time of one batch (see
+`enserve.plan.cost`); `predicted` is null for a plan that was not planned (made by hand, or
+a fused plan split into its members, which also lists `unfused_from`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enserve.devices import Device, json_number
+from enserve.devices import Device, DeviceKind, json_number
 from enserve.errors import PlanError
+from enserve.formats.groups import GroupRef
 
 OBJECTIVES = ("throughput", "latency")
+#: How plan files written before the one spelling (null) named the default variant.
+_DEFAULT_VARIANT_SPELLINGS = ("default", "")
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One running copy of a member: its variant, device, batch size and compute share."""
+    """One running copy of a member (or a fused group): its variant (None: the member's
+    default), device, batch size and compute share."""
 
     member: str
     variant: str | None
@@ -37,6 +45,11 @@ class Instance:
     batch_size: int
     share: float
     memory_bytes: int
+
+    @property
+    def group(self) -> GroupRef | None:
+        """The fused group this instance runs, or None for an ordinary member."""
+        return GroupRef.parse(self.member)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,13 +81,21 @@ class Plan:
     objective: str
     devices: tuple[Device, ...]
     instances: tuple[Instance, ...]
-    predicted: Predicted
+    predicted: Predicted | None
     planning_time_s: float = 0.0
     members: tuple[str, ...] = field(default=(), compare=False)
     #: The hardware fingerprint the plan was made for (`enserve.hardware`), if known.
     hardware: Mapping[str, Any] | None = field(default=None, compare=False)
     #: The precision mix and what the accuracy check measured (`enserve.plan.precision`).
     precision: Mapping[str, Any] | None = field(default=None, compare=False)
+    unfused_from: tuple[str, ...] = ()  # the fused groups a split plan was made from
+
+    @property
+    def prediction(self) -> Predicted:
+        """`predicted` of a plan the planner made; PlanError for one that was not planned."""
+        if self.predicted is None:
+            raise PlanError(f"plan '{self.algorithm}' was not planned: it has no prediction")
+        return self.predicted
 
     def member_names(self) -> list[str]:
         """Members in profile order when known, else in order of first instance."""
@@ -95,17 +116,29 @@ class Plan:
             matrix.setdefault((inst.device, inst.member), []).append(inst)
         return matrix
 
+    def groups(self) -> list[GroupRef]:
+        """The fused groups the plan's instances run, in order of first instance."""
+        found: dict[str, GroupRef] = {}
+        for inst in self.instances:
+            group = inst.group
+            if group is not None:
+                found.setdefault(group.name, group)
+        return list(found.values())
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "algorithm": self.algorithm,
             "objective": self.objective,
             "devices": [d.to_dict() for d in self.devices],
             "instances": [i.to_dict() for i in self.instances],
-            "predicted": self.predicted.to_dict(),
+            "predicted": self.predicted.to_dict() if self.predicted is not None else None,
             "planning_time_s": self.planning_time_s,
             **({"hardware": dict(self.hardware)} if self.hardware else {}),
             **({"precision": dict(self.precision)} if self.precision else {}),
         }
+        if self.unfused_from:
+            out["unfused_from"] = list(self.unfused_from)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -128,16 +161,47 @@ class Plan:
         instances = []
         for index, raw in enumerate(_list(data["instances"], f"{where}: field 'instances'")):
             instances.append(_instance(raw, f"{where}: field 'instances.{index}", device_ids))
-        predicted = _mapping(data["predicted"], f"{where}: field 'predicted'")
+        pred: Predicted | None = None
         try:
-            pred = Predicted(float(predicted["throughput"]), float(predicted["latency_s"]))
+            if data["predicted"] is not None:
+                predicted = _mapping(data["predicted"], f"{where}: field 'predicted'")
+                pred = Predicted(float(predicted["throughput"]), float(predicted["latency_s"]))
             planning_time = float(data.get("planning_time_s", 0.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"{where}: field 'predicted': needs numeric throughput and "
                             f"latency_s ({exc})") from None
         extras = {k: data[k] for k in ("hardware", "precision") if isinstance(data.get(k), Mapping)}
+        unfused = data.get("unfused_from") or []
+        if not isinstance(unfused, list):
+            raise PlanError(f"{where}: field 'unfused_from': expected a list")
         return cls(str(data["algorithm"]), str(data["objective"]), tuple(devices),
-                   tuple(instances), pred, planning_time, **extras)
+                   tuple(instances), pred, planning_time,
+                   unfused_from=tuple(str(g) for g in unfused), **extras)
+
+    @classmethod
+    def of(cls, instances: Iterable[Mapping[str, Any]], algorithm: str = "given",
+           objective: str = "throughput") -> Plan:
+        """A plan written by hand (not planned, so no prediction): each instance a mapping
+        with `member` and any of `variant` (default None), `device` ("cpu"), `batch_size`
+        (8), `share` (1) and `memory_bytes` (0). Its devices are the ones the instances
+        name, each as large as they need. Raises PlanError naming the bad instance."""
+        filled = [{"variant": None, "device": "cpu", "batch_size": 8, "share": 1,
+                   "memory_bytes": 0, **_mapping(raw, f"plan: field 'instances.{i}'")}
+                  for i, raw in enumerate(instances)]
+        devices: dict[str, Device] = {}
+        for i, raw in enumerate(filled):
+            device_id = str(raw["device"])
+            kind: DeviceKind = "cuda" if device_id.startswith("cuda") else "cpu"
+            on = [r for r in filled if str(r["device"]) == device_id]
+            try:
+                devices.setdefault(device_id, Device(
+                    device_id, kind, max(1, sum(int(r["memory_bytes"]) for r in on)),
+                    max(1.0, sum(float(r["share"]) for r in on))))
+            except (TypeError, ValueError) as exc:
+                raise PlanError(f"plan: field 'instances.{i}': {exc}") from None
+        return cls.from_dict({"algorithm": algorithm, "objective": objective,
+                              "devices": [d.to_dict() for d in devices.values()],
+                              "instances": filled, "predicted": None})
 
 
 def _list(value: Any, where: str) -> list[Any]:
@@ -160,6 +224,8 @@ def _instance(raw: Any, where: str, device_ids: set[str]) -> Instance:
     variant = obj.get("variant")
     if variant is not None and not isinstance(variant, str):
         raise PlanError(f"{where}.variant': expected a string or null")
+    if variant in _DEFAULT_VARIANT_SPELLINGS:
+        variant = None
     try:
         inst = Instance(str(obj["member"]), variant, str(obj["device"]), int(obj["batch_size"]),
                         float(obj["share"]), int(obj["memory_bytes"]))

@@ -12,13 +12,17 @@ This module imports no torch: the planner side and the command line use it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from enserve.devices import Device
 from enserve.errors import PlanError
-from enserve.formats.groups import GROUP_KINDS, KIND_VARIANTS, GroupRef, parse_group_name
+from enserve.formats.groups import GROUP_KINDS, KIND_VARIANTS, GroupRef
+from enserve.formats.plan import Instance, Plan, Predicted
 from enserve.formats.profile import Profile
+from enserve.plan.problem import Constraints
 from enserve.plan.restrict import disjoint_combinations, profile_groups, restrict_profile
 from enserve.plan.solve import plan as make_plan
 
@@ -41,10 +45,15 @@ class FusionOption:
 class FusionDecision:
     """The chosen plan, the groups it uses, and every alternative that was planned."""
 
-    plan: Any  # enserve.plan.Plan
+    plan: Plan
     groups: tuple[str, ...]
     options: tuple[FusionOption, ...] = field(default=())
     profile: Profile | None = None  # the restricted profile the plan was made from
+
+    @property
+    def predicted(self) -> Predicted:
+        assert self.plan.predicted is not None  # a decision is made among planned plans
+        return self.plan.predicted
 
     def to_dict(self) -> dict[str, Any]:
         return {"groups": list(self.groups),
@@ -52,11 +61,11 @@ class FusionDecision:
                              "latency_s": o.latency_s, "error": o.error} for o in self.options]}
 
 
-def _better(objective: str, a: Any, b: Any) -> bool:
-    """Whether plan `a` predicts a better objective than plan `b`."""
+def _better(objective: str, a: Predicted, b: Predicted) -> bool:
+    """Whether prediction `a` is better for the objective than prediction `b`."""
     if objective == "latency":
-        return bool(a.predicted.latency_s < b.predicted.latency_s * (1 - 1e-9))
-    return bool(a.predicted.throughput > b.predicted.throughput * (1 + 1e-9))
+        return bool(a.latency_s < b.latency_s * (1 - 1e-9))
+    return bool(a.throughput > b.throughput * (1 + 1e-9))
 
 
 def choose_fusion(
@@ -64,8 +73,8 @@ def choose_fusion(
     fusion: str = "auto",
     algorithm: str = "greedy",
     objective: str = "throughput",
-    constraints: Any = None,
-    devices: Any = None,
+    constraints: Constraints | None = None,
+    devices: Sequence[Device] | None = None,
 ) -> FusionDecision:
     """Plan with `fusion` "off" (real members only), "on" (the best plan among those that
     use at least one fused group, each replacing the members it covers) or "auto" (the best
@@ -93,9 +102,10 @@ def choose_fusion(
             first_error = first_error or exc
             options.append(FusionOption(combo, error=str(exc)))
             continue
-        options.append(FusionOption(combo, result.predicted.throughput,
-                                    result.predicted.latency_s))
-        if best is None or _better(objective, result, best.plan):
+        predicted = result.predicted
+        assert predicted is not None  # the planner always predicts
+        options.append(FusionOption(combo, predicted.throughput, predicted.latency_s))
+        if best is None or _better(objective, predicted, best.predicted):
             best = FusionDecision(result, combo, profile=restricted)
     if best is None:
         assert first_error is not None
@@ -108,75 +118,49 @@ def plan_with_fusion(
     fusion: str = "auto",
     algorithm: str = "greedy",
     objective: str = "throughput",
-    constraints: Any = None,
-    devices: Any = None,
-) -> Any:
-    """`choose_fusion(...).plan`: an `enserve.plan.Plan` whose fused instances name their
-    group as `member` and a `fused-*` variant."""
+    constraints: Constraints | None = None,
+    devices: Sequence[Device] | None = None,
+) -> Plan:
+    """`choose_fusion(...).plan`: a plan whose fused instances name their group as `member`
+    and a `fused-*` variant."""
     return choose_fusion(profile, fusion, algorithm, objective, constraints, devices).plan
 
 
-def profile_for_plan(profile: Profile, plan: Any) -> Profile:
+def profile_for_plan(profile: Profile, plan: Plan) -> Profile:
     """The restricted profile matching the fused groups `plan` uses (for `evaluate`)."""
     known = profile_groups(profile)
-    used = list(dict.fromkeys(_get(i, "member") for i in _instances(plan)
-                              if _get(i, "member") in known))
+    used = list(dict.fromkeys(i.member for i in plan.instances if i.member in known))
     return restrict_profile(profile, used)
 
 
 # ----------------------------------------------------------------------------- plans
-def _instances(plan: Any) -> list[Any]:
-    items = plan.get("instances", []) if isinstance(plan, Mapping) else getattr(
-        plan, "instances", [])
-    return list(items)
-
-
-def _get(item: Any, name: str, default: Any = None) -> Any:
-    if isinstance(item, Mapping):
-        return item.get(name, default)
-    return getattr(item, name, default)
-
-
-def _as_dict(inst: Any) -> dict[str, Any]:
-    if isinstance(inst, Mapping):
-        return dict(inst)
-    if hasattr(inst, "to_dict"):
-        return dict(inst.to_dict())
-    keys = ("member", "variant", "device", "batch_size", "share", "memory_bytes")
-    return {k: _get(inst, k) for k in keys}
-
-
-def plan_groups(plan: Any) -> list[str]:
+def plan_groups(plan: Plan) -> list[str]:
     """Names of the fused groups a plan's instances run."""
-    return list(dict.fromkeys(str(_get(i, "member")) for i in _instances(plan)
-                              if parse_group_name(str(_get(i, "member"))) is not None))
+    return [g.name for g in plan.groups()]
 
 
-def unfuse_plan(plan: Any, default_variants: Mapping[str, str | None] | None = None
-                ) -> dict[str, Any]:
+def unfuse_plan(plan: Plan, default_variants: Mapping[str, str | None] | None = None) -> Plan:
     """The same plan without fusion: every fused instance becomes one instance per member it
     covers, on the same device with the same batch size, in the member's default variant,
     and the group's share split evenly among them (so the unfused plan uses the same
-    compute: on a CPU each gets max(1, round(share / members)) threads). Returns a plan dict
-    (no prediction: it was not planned)."""
-    instances: list[dict[str, Any]] = []
-    for inst in _instances(plan):
-        data = _as_dict(inst)
-        ref = parse_group_name(str(data.get("member")))
+    compute: on a CPU each gets max(1, round(share / members)) threads). No prediction: it
+    was not planned."""
+    instances: list[Instance] = []
+    for inst in plan.instances:
+        ref = inst.group
         if ref is None:
-            instances.append(data)
+            instances.append(inst)
             continue
         for m in ref.covers:
-            instances.append({**data, "member": m,
-                              "variant": (default_variants or {}).get(m),
-                              "share": float(data.get("share") or 1) / len(ref.covers),
-                              "memory_bytes": 0})
-    return {"algorithm": f"unfused({_get(plan, 'algorithm', 'plan')})",
-            "instances": instances, "unfused_from": plan_groups(plan)}
+            instances.append(dataclasses.replace(
+                inst, member=m, variant=(default_variants or {}).get(m),
+                share=float(inst.share or 1) / len(ref.covers), memory_bytes=0))
+    return Plan(f"unfused({plan.algorithm})", plan.objective, plan.devices, tuple(instances),
+                None, members=(), unfused_from=tuple(plan_groups(plan)))
 
 
 def default_fused_plan(member_names: Sequence[str], groups: Sequence[GroupRef], cores: int,
-                       batch_size: int = 8) -> dict[str, Any]:
+                       batch_size: int = 8) -> Plan:
     """A plan without a profile: the largest disjoint fused groups (fx before others on a
     tie), the remaining members on their own; one-thread instances, each unit replicated
     `cores // units` times (at least once). One thread per instance keeps an instance from
@@ -194,7 +178,7 @@ def default_fused_plan(member_names: Sequence[str], groups: Sequence[GroupRef], 
     units: list[tuple[str, str | None]] = [(g.name, KIND_VARIANTS[g.kind][0]) for g in chosen]
     units += [(m, None) for m in member_names if m not in taken]
     replicas = max(1, cores // len(units))
-    return {"algorithm": "default-fused",
-            "instances": [{"member": name, "variant": variant, "device": "cpu",
-                           "batch_size": batch_size, "share": 1, "memory_bytes": 0}
-                          for name, variant in units for _ in range(replicas)]}
+    return Plan.of([{"member": name, "variant": variant, "device": "cpu",
+                     "batch_size": batch_size, "share": 1, "memory_bytes": 0}
+                    for name, variant in units for _ in range(replicas)],
+                   algorithm="default-fused")

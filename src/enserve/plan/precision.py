@@ -74,8 +74,8 @@ def plan_mixes(plan: Plan) -> list[dict[str, str]]:
 
 def _better(objective: str, a: Plan, b: Plan) -> bool:
     if objective == "latency":
-        return a.predicted.latency_s < b.predicted.latency_s * (1 - 1e-9)
-    return a.predicted.throughput > b.predicted.throughput * (1 + 1e-9)
+        return a.prediction.latency_s < b.prediction.latency_s * (1 - 1e-9)
+    return a.prediction.throughput > b.prediction.throughput * (1 + 1e-9)
 
 
 def choose_precision(
@@ -113,8 +113,8 @@ def choose_precision(
         refused = [m for m, r in zip(mixes, rows, strict=True) if not (r and r["admitted"])]
         used = max(mixes, key=len)
         option = {"allowed": allowed, "uses": used,
-                  "throughput": decision.plan.predicted.throughput,
-                  "latency_s": decision.plan.predicted.latency_s}
+                  "throughput": decision.predicted.throughput,
+                  "latency_s": decision.predicted.latency_s}
         if refused:
             options.append({**option, "error": f"mix {refused[0]} was not admitted"})
             continue

@@ -71,10 +71,11 @@ def print_plan(plan: Plan, report: CostReport, console: Any) -> None:
             table.add_row(heading(d), *[cell(d.id, m) for m in members],
                           *totals(d.id, d.compute_units, d.memory_bytes))
     console.print(table)
+    predicted = plan.predicted or report.predicted()
     console.print(
-        f"predicted throughput [bold]{plan.predicted.throughput:.4g}[/bold] samples/s "
+        f"predicted throughput [bold]{predicted.throughput:.4g}[/bold] samples/s "
         f"(limited by {report.bottleneck}), completion time "
-        f"[bold]{plan.predicted.latency_s * 1000:.4g} ms[/bold] per batch, "
+        f"[bold]{predicted.latency_s * 1000:.4g} ms[/bold] per batch, "
         f"{len(plan.instances)} instances, planned in {plan.planning_time_s:.3f} s")
 
 
@@ -116,8 +117,11 @@ def save_heatmap(plan: Plan, path: str | Path) -> None:
                 ax.text(c, r, text, ha="center", va="center", fontsize=8,
                         color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="share of the device")
-    ax.set_title(f"{plan.algorithm} plan ({plan.objective}): predicted {plan.predicted.throughput:.4g} "
-                 f"samples/s, {plan.predicted.latency_s * 1000:.4g} ms per batch", fontsize=9)
+    title = f"{plan.algorithm} plan ({plan.objective})"
+    if plan.predicted is not None:
+        title += (f": predicted {plan.predicted.throughput:.4g} samples/s, "
+                  f"{plan.predicted.latency_s * 1000:.4g} ms per batch")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

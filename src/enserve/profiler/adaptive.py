@@ -272,7 +272,7 @@ class AdaptiveProfiler:
             if self.on_plan is not None and (previous is None or changed):
                 self.on_plan(plan)
             previous = used
-            info = Round(plan.predicted.throughput, plan.predicted.latency_s, changed, [], "")
+            info = Round(plan.prediction.throughput, plan.prediction.latency_s, changed, [], "")
             rounds.append(info)
             todo = [s for s in sorted(used, key=_sort_key)
                     if s not in self.measured and s not in self.failed]

@@ -19,12 +19,15 @@ from enserve.errors import OverloadedError
 
 @dataclass
 class PendingRequest:
-    """A validated request waiting for (or riding in) a batch."""
+    """A validated request waiting for (or riding in) a batch: the members whose logits it
+    wants copied out, and the `time.monotonic()` by which its batch must start (None: no
+    deadline)."""
 
     inputs: dict[str, np.ndarray]
     rows: int
     future: Future[Any]
-    want_member_logits: bool = True
+    logits: tuple[str, ...] = ()
+    deadline: float | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
 

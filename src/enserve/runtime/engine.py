@@ -1,13 +1,15 @@
 """The engine: runs a plan as worker processes behind one ensemble-level batcher.
 
-Three threads in the calling process do the work around the workers:
+`Engine` owns the lifecycle (start, stop) and submission; the work around the workers
+runs on three threads in the calling process:
 - the caller's thread validates a request and queues it (a full queue rejects it);
 - the dispatcher gathers queued requests into one batch, writes it once into a free slot
-  of the shared input arena and hands every member its chunks (`Task` messages);
-- the collector reads `Done` messages (and notices dead workers); as soon as a member has
-  written its logits for every row of a batch it folds them into the batch's running
-  combination (`combine.RunningCombination`), and when the last member is in, it answers
-  that batch's requests.
+  of the shared input arena and hands every unit its chunks (`Task` messages);
+- the collector reads `Done` messages (and notices dead workers); as soon as a unit has
+  written its logits for every row of a batch they are folded into the batch's running
+  combination, and when the last unit is in, that batch's requests are answered.
+Batch bookkeeping is `runtime.batches`, calibration and pinning `runtime.placement`,
+crashed and hung workers `runtime.faults`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from enserve.combine import RunningCombination
 from enserve.datatypes import numpy_dtype
 from enserve.errors import (
     DeadlineError,
@@ -44,20 +43,25 @@ from enserve.errors import (
     SpecError,
     UnavailableError,
 )
-from enserve.result import EnsembleResult, output_names, validate_inputs
+from enserve.formats.plan import Plan
+from enserve.formats.profile import Profile
+from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
+from enserve.runtime.batches import BatchBook, Chunk, fail_future
 from enserve.runtime.corelocks import create_lock_dir, remove_lock_dir
-from enserve.runtime.messages import Attach, Done, Failed, Pin, Ready, Task
+from enserve.runtime.faults import Faults
+from enserve.runtime.messages import Attach, Done, Failed, FromWorker, Pin, Ready, Task
 from enserve.runtime.placement import (
     WorkerConfig,
     available_cores,
     balance_cores,
+    calibration_inputs,
     configs_from_plan,
     default_configs,
     execution_units,
-    predicted_throughput,
+    measure_costs,
 )
-from enserve.runtime.restarts import RestartPolicy, pid_alive, pid_stopped
+from enserve.runtime.restarts import RestartPolicy, pid_alive
 from enserve.runtime.shm import Arena, ArrayField
 from enserve.runtime.stats import EngineCounters, instance_summary, member_summary, percentiles
 from enserve.runtime.supervisor import WorkerHandle, stop_workers, worker_context
@@ -65,57 +69,27 @@ from enserve.runtime.worker import output_field
 from enserve.spec import EnsembleSpec, load_spec
 
 log = logging.getLogger("enserve.runtime")
-MAX_PARK_S = 5.0
-"""Longest a chunk waits for its member's restarting worker before its batch fails (503)."""
-RETRY_FAILED_START_S = 1.0
-"""Least wait before retrying a restart that failed to start a process."""
 
-
-@dataclass
-class _Batch:
-    batch_id: int
-    slot: int
-    requests: list[PendingRequest]
-    rows: int
-    remaining: dict[str, int]
-    outstanding: int = 0
-    error: str | None = None
-    started: float = field(default_factory=time.perf_counter)
-    running: RunningCombination | None = None  # members folded in as they answer
-
-
-@dataclass
-class _Chunk:
-    task_id: int
-    batch: _Batch
-    member: str
-    start: int
-    stop: int
-    attempts: int = 0
-    parked_at: float = 0.0  # when it started waiting for a restarting worker
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
+CALIBRATION_TIMEOUT_S = 60.0
 
 
 class Engine:
     """Serve `spec` with the instances of `plan` (or a default plan), one process each.
 
-    `plan`: a planner `Plan`, a plan dict, or a plan JSON path; None plans automatically
-    (from `profile` through the planner where given, else one instance per member with
-    members spread over the cores by their measured cost). `fusion` ("auto", "on", "off")
-    applies when planning from a profile that carries fused groups (see
-    `enserve.plan.fusion.plan_with_fusion`); a plan's instance whose `member` names a
-    fused group (`fx:a+b`) runs the group as one unit.
+    `plan`: a validated `Plan` (`enserve.plan.load_plan` reads a file, `Plan.of` writes one
+    by hand); None plans automatically (from `profile` through the planner where given,
+    else one instance per member with members spread over the cores by their measured
+    cost). `fusion` ("auto", "on", "off") applies when planning from a profile that
+    carries fused groups (see `enserve.plan.fusion.plan_with_fusion`); a plan instance
+    whose `group` is set runs that fused group as one unit.
     """
 
     def __init__(
         self,
         spec: EnsembleSpec | str | Path,
-        plan: Any = None,
+        plan: Plan | None = None,
         *,
-        profile: Any = None,
+        profile: Profile | None = None,
         max_batch: int = 32,
         max_delay_s: float = 0.002,
         max_queue: int = 1024,
@@ -134,9 +108,9 @@ class Engine:
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         if plan is None and profile is not None:
-            plan = _plan_from_profile(profile, fusion)
-        if isinstance(plan, (str, Path)):
-            plan = load_plan_file(plan)
+            from enserve.plan.fusion import plan_with_fusion
+
+            plan = plan_with_fusion(profile, fusion, algorithm="greedy")
         self.plan = plan
         self.cores = tuple(cores) if cores else available_cores()
         if plan is not None:
@@ -145,45 +119,36 @@ class Engine:
             configs = default_configs(self.spec, default_batch_size, self.cores)
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        # No lifetime cap by default: restarts are limited by a rate (crash-loop back-off);
-        # `max_restarts` caps them over the engine's life as well (0: never restart).
-        self.max_restarts = max_restarts
-        self.restart_policy = restart_policy or RestartPolicy()
         self.start_timeout_s = start_timeout_s
-        # A ready worker holding work that answers nothing for this long is hung: it is
-        # killed, restarted, and its tasks retried once like a crashed worker's (None: off).
-        self.task_timeout_s = task_timeout_s
-        self._last_hang_check = 0.0
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._auto_pin = pin and any(c.is_cpu and c.cores is None for c in configs)
         self._handles = [WorkerHandle(c) for c in configs]
         # A unit is what the dispatcher hands chunks to: a member, or a fused group that
         # computes several members at once (writing each one's logits into its own slot).
         self.units = execution_units(configs)
-        self._by_member: dict[str, list[WorkerHandle]] = {u: [] for u in self.units}
+        self._by_unit: dict[str, list[WorkerHandle]] = {u: [] for u in self.units}
         for h in self._handles:
-            self._by_member[h.cfg.member].append(h)
+            self._by_unit[h.cfg.member].append(h)
         self._member_names = [m.name for m in self.spec.members]
-        self._weights = self.spec.member_weights()
+        self._outputs_known = output_names(self.spec)
         self._ctx = worker_context(start_method)
         self._exclusive_cores = exclusive_cores and pin
         self._lock_dir: str | None = None
         self._slots = max(1, inflight_batches)
         self._requests = RequestQueue(max_queue)
-        self._free_slots: queue.Queue[int] = queue.Queue()
         self._gatherer = Gatherer(self._requests, max_batch, max_delay_s,
-                                  busy=lambda: self._inflight > 0)
+                                  busy=lambda: self._book.inflight > 0)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._batches: dict[int, _Batch] = {}
-        self._backlog: dict[str, deque[_Chunk]] = {u: deque() for u in self.units}
-        self._inflight = 0
-        self._ids = itertools.count()
-        self._calibration: dict[int, float] = {}
         self._counters = EngineCounters()
+        self._book = BatchBook(self.spec, self.units, 0, self._counters, self._changed)
+        self._faults = Faults(self._handles, self._by_unit, self._book, self._changed,
+                              self._start_worker, self._assign, lambda: self._state,
+                              self._wake, max_restarts, restart_policy or RestartPolicy(),
+                              start_timeout_s, task_timeout_s)
+        self._calibration: dict[int, float] = {}
+        self._calibration_ids = itertools.count(1)
         self._inputs: Arena | None = None
-        self._outputs: Arena | None = None
-        self._startup_errors: list[str] = []
         self._state = "new"  # new → starting → running → stopping → stopped
         self._wake_r, self._wake_w = os.pipe()
         self._threads: list[threading.Thread] = []
@@ -207,7 +172,7 @@ class Engine:
             if self._auto_pin:
                 self._pin_balanced()
             for slot in range(self._slots):
-                self._free_slots.put(slot)
+                self._book.free_slots.put(slot)
             self._counters.reset()
             self._state = "running"
             self._spawn_thread(self._dispatch_loop, "dispatcher")
@@ -248,23 +213,34 @@ class Engine:
 
     # ----------------------------------------------------------------- requests
     def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
-               outputs: Sequence[str] | None = None) -> Future[EnsembleResult]:
+               outputs: Sequence[str] | None = None,
+               deadline: float | None = None) -> Future[EnsembleResult]:
         """Queue one request batch; the future resolves to its EnsembleResult.
 
-        Raises InferenceError for bad inputs or a stopped engine, OverloadedError when the
-        queue is full."""
+        `outputs`: the output names wanted (None: all); a member's logits are copied out of
+        shared memory only when `logits_<member>` is among them. `deadline`
+        (`time.monotonic()`): a request whose batch has not started by then fails with
+        DeadlineError without running. Inputs already checked by `validate_inputs`
+        (a `ValidInputs`) are not checked again. Raises InferenceError for bad inputs or a
+        stopped engine, OverloadedError when the queue is full."""
         if self._state != "running":
             raise UnavailableError(f"engine is {self._state}, not accepting requests")
-        if outputs is not None:
-            unknown = sorted(set(outputs) - set(output_names(self.spec)))
+        if outputs is None:
+            logits = tuple(self._member_names)
+        else:
+            unknown = sorted(set(outputs) - set(self._outputs_known))
             if unknown:
                 raise InferenceError(f"unknown output(s) {unknown}; available: "
-                                     f"{output_names(self.spec)}")
-        arrays = validate_inputs(self.spec, inputs, max_batch=self.max_batch)
-        rows = next(iter(arrays.values())).shape[0]
-        want_logits = outputs is None or any(o.startswith("logits_") for o in outputs)
+                                     f"{self._outputs_known}")
+            logits = tuple(m for m in self._member_names if f"logits_{m}" in outputs)
+        if isinstance(inputs, ValidInputs):
+            arrays = inputs
+            if inputs.rows > self.max_batch:
+                raise InferenceError(f"batch {inputs.rows} exceeds the limit {self.max_batch}")
+        else:
+            arrays = validate_inputs(self.spec, inputs, max_batch=self.max_batch)
         future: Future[EnsembleResult] = Future()
-        request = PendingRequest(arrays, rows, future, want_logits)
+        request = PendingRequest(arrays, arrays.rows, future, logits, deadline)
         if self._launch_now(request):
             return future
         try:
@@ -275,26 +251,10 @@ class Engine:
             raise
         return future
 
-    def _launch_now(self, request: PendingRequest) -> bool:
-        """On an idle engine, launch a lone request from the caller's thread: one thread
-        hop less than going through the dispatcher (there is nothing to batch it with)."""
-        if self._inflight or self._requests.depth() or self._state != "running":
-            return False
-        try:
-            slot = self._free_slots.get_nowait()
-        except queue.Empty:
-            return False
-        try:
-            self._launch(slot, [request])
-        except Exception as exc:  # as in the dispatcher: answer, never lose the request
-            log.exception("launch failed")
-            _fail_future(request.future, MemberFailedError(f"dispatch failed: {exc}"))
-            self._free_slots.put(slot)
-        return True
-
     async def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
-                    outputs: Sequence[str] | None = None) -> EnsembleResult:
-        return await asyncio.wrap_future(self.submit(inputs, outputs))
+                    outputs: Sequence[str] | None = None,
+                    deadline: float | None = None) -> EnsembleResult:
+        return await asyncio.wrap_future(self.submit(inputs, outputs, deadline))
 
     def infer_sync(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
                    outputs: Sequence[str] | None = None,
@@ -308,11 +268,21 @@ class Engine:
     # ----------------------------------------------------------------- introspection
     @property
     def predicted_throughput(self) -> float | None:
-        return predicted_throughput(self.plan)
+        """The plan's predicted throughput (samples/s), where it was planned."""
+        if self.plan is None or self.plan.predicted is None:
+            return None
+        return self.plan.predicted.throughput
 
     @property
     def configs(self) -> list[WorkerConfig]:
         return [h.cfg for h in self._handles]
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """Logits shape `(-1, classes)` the workers reported when they started."""
+        if self._book.outputs is None:
+            return None
+        return (-1, *self._book.outputs.layout.fields[0].shape[1:])
 
     def unhealthy(self) -> str | None:
         """Why the engine cannot answer every request now, or None when it can: it is not
@@ -320,25 +290,18 @@ class Engine:
         with self._lock:
             if self._state != "running":
                 return f"engine is {self._state}"
-            down = [u for u, hs in self._by_member.items() if not any(h.state == "ready" for h in hs)]
+            down = [u for u, hs in self._by_unit.items() if not any(h.state == "ready" for h in hs)]
         return f"no ready worker for {', '.join(down)}" if down else None
 
     def member_health(self) -> dict[str, tuple[bool, int]]:
         """Per unit (member or fused group): (has a ready worker, restarts so far)."""
         with self._lock:
             return {u: (any(h.state == "ready" for h in hs), sum(h.stats.restarts for h in hs))
-                    for u, hs in self._by_member.items()}
+                    for u, hs in self._by_unit.items()}
 
     def worker_pids(self) -> dict[str, int]:
         with self._lock:
             return {h.label: h.process.pid for h in self._handles if h.process is not None}
-
-    @property
-    def output_shape(self) -> tuple[int, ...] | None:
-        """Logits shape `(-1, classes)` the workers reported when they started."""
-        if self._outputs is None:
-            return None
-        return (-1, *self._outputs.layout.fields[0].shape[1:])
 
     def memory(self) -> dict[str, Any]:
         """RSS/PSS/USS of the workers and of this process's whole tree (engine, fork
@@ -359,7 +322,7 @@ class Engine:
                 "requests": {"completed": c.completed, "failed": c.failed,
                              "rejected": c.rejected},
                 "queue_depth": self._requests.depth(),
-                "inflight_batches": self._inflight,
+                "inflight_batches": self._book.inflight,
                 "batches": c.batches,
                 "mean_batch_rows": float(np.mean(c.batch_rows)) if c.batch_rows else 0.0,
                 "latency": percentiles(c.latencies),
@@ -387,7 +350,7 @@ class Engine:
                                      (self.max_batch, *t.shape[1:])))
         return tuple(fields)
 
-    def _spawn_thread(self, target: Any, name: str) -> None:
+    def _spawn_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=f"enserve-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -396,8 +359,8 @@ class Engine:
         deadline = time.monotonic() + self.start_timeout_s
         with self._changed:
             while not all(h.state == "ready" for h in self._handles):
-                if self._startup_errors:
-                    raise ModelLoadError("; ".join(self._startup_errors))
+                if self._faults.startup_errors:
+                    raise ModelLoadError("; ".join(self._faults.startup_errors))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     waiting = [h.label for h in self._handles if h.state != "ready"]
@@ -408,89 +371,105 @@ class Engine:
     def _pin_balanced(self) -> None:
         """Time one batch of each instance, alone, then pin instances to cores (LPT)."""
         assert self._inputs is not None
-        for name, arr in self._inputs_fill().items():
+        fields = [(f.name, f.dtype, f.shape) for f in self._inputs.layout.fields]
+        for name, arr in calibration_inputs(fields).items():
             self._inputs.view(name, 0)[...] = arr
-        costs: dict[int, float] = {}
-        for h in self._handles:
-            if not h.cfg.is_cpu:
-                continue
-            rows = min(h.cfg.batch_size, self.max_batch)
-            timings = []
-            for attempt in range(2):  # the faster of two runs: less noise from other load
-                task_id = -(2 * h.cfg.index + attempt + 1)
-                with self._changed:
-                    h.send(Task(task_id, 0, 0, rows))
-                    if self._changed.wait_for(_has_key(self._calibration, task_id), timeout=60):
-                        timings.append(self._calibration[task_id])
-            per_row = min(timings) / rows if timings else 1.0
-            costs[h.cfg.index] = per_row / len(self._by_member[h.cfg.member])
-        balanced = balance_cores([h.cfg for h in self._handles], costs, self.cores)
+        costs = measure_costs(self.configs, self._time_rows, self.max_batch)
+        balanced = balance_cores(self.configs, costs, self.cores)
         for h, cfg in zip(self._handles, balanced, strict=True):
             if cfg.cores and cfg.cores != h.cfg.cores:
                 h.cfg = cfg
                 h.send(Pin(cfg.cores))
         log.info("pinned: %s", {h.label: h.cfg.cores for h in self._handles})
 
-    def _inputs_fill(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(0)
-        assert self._inputs is not None
-        out = {}
-        for f in self._inputs.layout.fields:
-            if np.dtype(f.dtype).kind == "f":
-                out[f.name] = rng.standard_normal(f.shape).astype(f.dtype)
-            else:
-                out[f.name] = rng.integers(0, 128, size=f.shape).astype(f.dtype)
-        return out
+    def _time_rows(self, cfg: WorkerConfig, rows: int) -> float | None:
+        """Run rows [0, rows) of slot 0 on one instance, alone; its compute seconds."""
+        h = self._handles[cfg.index]
+        task_id = -next(self._calibration_ids)  # negative ids: calibration, not a batch
+        with self._changed:
+            h.send(Task(task_id, 0, 0, rows))
+            if self._changed.wait_for(lambda: task_id in self._calibration,
+                                      timeout=CALIBRATION_TIMEOUT_S):
+                return self._calibration.pop(task_id)
+        return None
 
     # ----------------------------------------------------------------- dispatcher
+    def _launch_now(self, request: PendingRequest) -> bool:
+        """On an idle engine, launch a lone request from the caller's thread: one thread
+        hop less than going through the dispatcher (there is nothing to batch it with)."""
+        if self._book.inflight or self._requests.depth() or self._state != "running":
+            return False
+        try:
+            slot = self._book.free_slots.get_nowait()
+        except queue.Empty:
+            return False
+        try:
+            self._launch(slot, [request])
+        except Exception as exc:  # as in the dispatcher: answer, never lose the request
+            log.exception("launch failed")
+            fail_future(request.future, MemberFailedError(f"dispatch failed: {exc}"))
+            self._book.free_slots.put(slot)
+        return True
+
     def _dispatch_loop(self) -> None:
         while True:
             first = self._gatherer.first()
             if first is None:
                 return
-            slot = self._free_slots.get()
+            slot = self._book.free_slots.get()
             batch = self._gatherer.fill([first])
             if self._state == "stopped":  # woken by stop() after the drain timed out
                 for r in batch:
-                    _fail_future(r.future, UnavailableError("engine stopped"))
-                self._free_slots.put(slot)
+                    fail_future(r.future, UnavailableError("engine stopped"))
+                self._book.free_slots.put(slot)
                 continue
             try:
                 self._launch(slot, batch)
             except Exception as exc:  # never let the dispatcher die silently
                 log.exception("dispatch failed")
                 for r in batch:
-                    _fail_future(r.future, MemberFailedError(f"dispatch failed: {exc}"))
-                self._free_slots.put(slot)
+                    fail_future(r.future, MemberFailedError(f"dispatch failed: {exc}"))
+                self._book.free_slots.put(slot)
 
     def _launch(self, slot: int, requests: list[PendingRequest]) -> None:
+        requests = self._drop_expired(requests)
+        if not requests:
+            self._book.free_slots.put(slot)
+            return
         assert self._inputs is not None
-        rows, offset = sum(r.rows for r in requests), 0
+        offset = 0
         for r in requests:
             for name, arr in r.inputs.items():
                 self._inputs.view(name, slot)[offset:offset + r.rows] = arr
             offset += r.rows
         with self._lock:
-            batch = _Batch(next(self._ids), slot, requests, rows,
-                           {u: rows for u in self.units},
-                           running=RunningCombination(self.spec.combiner, self._weights,
-                                                      len(self._member_names)))
-            self._batches[batch.batch_id] = batch
-            self._inflight += 1
-            self._counters.batches += 1
-            self._counters.batch_rows.append(rows)
-            for member in self.units:
-                handles = self._by_member[member]
+            batch = self._book.open(slot, requests)
+            for unit in self.units:
+                handles = self._by_unit[unit]
                 usable = [h for h in handles if h.state == "ready"] or handles
                 size = max(h.cfg.batch_size for h in handles)
-                for start, stop in chunk_rows(rows, size, len(usable)):
-                    batch.outstanding += 1
-                    self._assign(_Chunk(next(self._ids), batch, member, start, stop))
-            self._maybe_retire(batch)
+                for start, stop in chunk_rows(batch.rows, size, len(usable)):
+                    self._assign(self._book.chunk(batch, unit, start, stop))
+            self._book.maybe_retire(batch)
 
-    def _assign(self, chunk: _Chunk) -> None:
-        """Send a chunk to the least-loaded ready instance of its member (lock held)."""
-        handles = self._by_member[chunk.member]
+    def _drop_expired(self, requests: list[PendingRequest]) -> list[PendingRequest]:
+        """Fail the requests whose deadline passed while they waited; the others."""
+        now = time.monotonic()
+        keep = []
+        for r in requests:
+            if r.deadline is not None and now > r.deadline:
+                waited = (time.perf_counter() - r.submitted) * 1000
+                if fail_future(r.future, DeadlineError(
+                        f"request timed out after {waited:.1f} ms in the queue")):
+                    with self._lock:
+                        self._counters.failed += 1
+            else:
+                keep.append(r)
+        return keep
+
+    def _assign(self, chunk: Chunk) -> None:
+        """Send a chunk to the least-loaded ready instance of its unit (lock held)."""
+        handles = self._by_unit[chunk.member]
         ready = [h for h in handles if h.state == "ready"]
         if ready:
             h = min(ready, key=lambda h: h.outstanding_rows)
@@ -502,12 +481,22 @@ class Engine:
             return  # a failed send means the worker died: the collector reassigns it
         if any(h.state == "starting" for h in handles):
             chunk.parked_at = time.monotonic()
-            self._backlog[chunk.member].append(chunk)
+            self._book.backlog[chunk.member].append(chunk)
             return
-        self._fail_batch(chunk.batch, f"member '{chunk.member}' has no running worker now "
-                                      "(restarting after repeated crashes); retry later",
-                         UnavailableError)
-        self._drop(chunk)
+        self._book.fail_chunk(chunk, f"member '{chunk.member}' has no running worker now "
+                                     "(restarting after repeated crashes); retry later",
+                              UnavailableError)
+
+    def _start_worker(self, h: WorkerHandle) -> None:
+        """Start a new process for a dead instance (lock held); raises if it cannot."""
+        assert self._inputs is not None
+        out_layout = self._book.outputs.layout if self._book.outputs else None
+        h.start(self._ctx, self.spec, self._inputs.layout, out_layout, self._lock_dir,
+                self.cache_dir)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     # ----------------------------------------------------------------- collector
     def _collect_loop(self) -> None:
@@ -546,38 +535,9 @@ class Engine:
                         log.warning("fork server gone; worker %s keeps running", h.label)
                         h.sentinel_lost = True
                     else:
-                        self._on_death(h)
-        self._kill_hung()
-        self._revive_due()
-
-    def _kill_hung(self) -> None:
-        """Kill ready workers that hold tasks but answered none for `task_timeout_s`, and
-        restarted workers not ready after `start_timeout_s`; their death is then handled
-        like a crash (restart up to `max_restarts`, tasks retried once, then failed)."""
-        now = time.perf_counter()
-        if now - self._last_hang_check < 0.25:
-            return  # checked a moment ago (this runs on every collector wake-up)
-        self._last_hang_check = now
-        with self._lock:
-            for h in self._handles:
-                if h.kill_reason is not None or h.process is None:
-                    continue
-                if h.state in ("ready", "starting") and pid_stopped(h.process.pid):
-                    h.kill_reason = (f"worker {h.label} was stopped (SIGSTOP or a debugger) "
-                                     "and was killed")
-                elif (h.state == "ready" and h.inflight and self.task_timeout_s is not None
-                        and now - h.last_progress > self.task_timeout_s):
-                    h.kill_reason = (f"worker {h.label} answered nothing for "
-                                     f"{self.task_timeout_s:g} s (hung) and was killed")
-                elif (h.state == "starting" and self._state == "running"
-                        and now - h.started_at > self.start_timeout_s):
-                    h.kill_reason = (f"restarted worker {h.label} was not ready after "
-                                     f"{self.start_timeout_s:g} s and was killed")
-                else:
-                    continue
-                log.warning("%s", h.kill_reason)
-                with contextlib.suppress(OSError):
-                    h.process.kill()
+                        self._faults.on_death(h)
+        self._faults.kill_hung()
+        self._faults.revive_due()
 
     def _drain(self, h: WorkerHandle, conn: Connection) -> None:
         """Handle every message waiting on a worker's pipe; EOF means it died."""
@@ -586,39 +546,13 @@ class Engine:
                 self._on_message(h, conn.recv())
         except (EOFError, OSError):
             if h.conn is conn:
-                self._on_death(h)
+                self._faults.on_death(h)
 
-    def _on_message(self, h: WorkerHandle, msg: Any) -> None:
-        finished: _Batch | None = None
-        answered: tuple[_Batch, str] | None = None  # a unit that finished all its rows
-        with self._changed:
-            if isinstance(msg, Done):
-                if msg.task_id < 0:
-                    self._calibration[msg.task_id] = msg.compute_s
-                    self._changed.notify_all()
-                    return
-                chunk = h.inflight.pop(msg.task_id, None)
-                if chunk is None:
-                    return
-                h.last_progress = time.perf_counter()
-                h.outstanding_rows -= chunk.rows
-                s = h.stats
-                s.tasks += 1
-                s.rows += chunk.rows
-                s.compute_s += msg.compute_s
-                s.wait_s += msg.wait_s
-                s.chunk_rows.append(chunk.rows)
-                s.compute_samples.append(msg.compute_s)
-                batch = chunk.batch
-                batch.remaining[chunk.member] -= chunk.rows
-                batch.outstanding -= 1
-                if batch.error is None and batch.remaining[chunk.member] == 0:
-                    answered = (batch, chunk.member)
-                if batch.error is None and not any(batch.remaining.values()):
-                    finished = batch
-                else:
-                    self._maybe_retire(batch)
-            elif isinstance(msg, Failed):
+    def _on_message(self, h: WorkerHandle, msg: FromWorker) -> None:
+        if isinstance(msg, Done):
+            self._on_done(h, msg)
+        elif isinstance(msg, Failed):
+            with self._changed:
                 if msg.task_id == -1:
                     h.startup_error = msg.message
                     return
@@ -626,196 +560,59 @@ class Engine:
                 if chunk is not None:
                     h.outstanding_rows -= chunk.rows
                     h.stats.failures += 1
-                    self._fail_batch(chunk.batch, f"member '{chunk.member}' failed: "
-                                                  f"{msg.message}")
-                    self._drop(chunk)
-            elif isinstance(msg, Ready):
-                self._on_ready(h, msg)
-        if answered is not None:
-            self._fold(*answered)
-        if finished is not None:
-            self._complete(finished)
-            with self._changed:
-                self._maybe_retire(finished)
+                    self._book.fail_chunk(chunk, f"member '{chunk.member}' failed: "
+                                                 f"{msg.message}")
+        elif isinstance(msg, Ready):
+            self._on_ready(h, msg)
+
+    def _on_done(self, h: WorkerHandle, msg: Done) -> None:
+        with self._changed:
+            if msg.task_id < 0:
+                self._calibration[msg.task_id] = msg.compute_s
+                self._changed.notify_all()
+                return
+            chunk = h.inflight.pop(msg.task_id, None)
+            if chunk is None:
+                return
+            h.last_progress = time.perf_counter()
+            h.outstanding_rows -= chunk.rows
+            s = h.stats
+            s.tasks += 1
+            s.rows += chunk.rows
+            s.compute_s += msg.compute_s
+            s.wait_s += msg.wait_s
+            s.chunk_rows.append(chunk.rows)
+            s.compute_samples.append(msg.compute_s)
+            unit_done, finished = self._book.rows_done(chunk)
+        if unit_done:
+            self._book.fold(chunk.batch, chunk.member)
+        if finished:
+            self._book.complete(chunk.batch)
 
     def _on_ready(self, h: WorkerHandle, msg: Ready) -> None:
         for note in msg.notes:
             log.warning(note)
-        if self._outputs is None:
-            fields = tuple(ArrayField(output_field(i), "float32", (self.max_batch,
-                                                                   *msg.output_shape[1:]))
-                           for i in range(len(self._member_names)))
-            self._outputs = Arena.create(fields, self._slots)
-        expected = self._outputs.layout.fields[0].shape[1:]
-        if tuple(msg.output_shape[1:]) != expected:
-            self._startup_errors.append(
-                f"{h.label} returns logits {list(msg.output_shape)}, other members "
-                f"{[-1, *expected]}: output shapes must agree")
-            self._changed.notify_all()
-            return
-        if not h.attached:
-            h.send(Attach(self._outputs.layout))
-            h.attached = True
-        h.ready, h.state, h.ready_at = msg, "ready", time.perf_counter()
-        backlog = self._backlog[h.cfg.member]
-        while backlog:
-            self._assign(backlog.popleft())
-        self._changed.notify_all()
-
-    def _on_death(self, h: WorkerHandle) -> None:
         with self._changed:
-            if h.process is None:
-                return
-            code = h.reap()
-            error = h.startup_error
-            chunks = list(h.inflight.values())
-            h.inflight, h.outstanding_rows = {}, 0
-            why = error or h.kill_reason or f"worker {h.label} exited with code {code}"
-            h.kill_reason = None
-            if self._state == "starting":
-                h.state = "failed"
-                self._startup_errors.append(why)
+            if self._book.outputs is None:
+                fields = tuple(ArrayField(output_field(i), "float32",
+                                          (self.max_batch, *msg.output_shape[1:]))
+                               for i in range(len(self._member_names)))
+                self._book.outputs = Arena.create(fields, self._slots)
+            expected = self._book.outputs.layout.fields[0].shape[1:]
+            if tuple(msg.output_shape[1:]) != expected:
+                self._faults.startup_errors.append(
+                    f"{h.label} returns logits {list(msg.output_shape)}, other members "
+                    f"{[-1, *expected]}: output shapes must agree")
                 self._changed.notify_all()
                 return
-            if self._state in ("stopping", "stopped"):
-                h.state = "stopped"
-            elif self.max_restarts is None or h.stats.restarts < self.max_restarts:
-                wait_s = h.restart_state.record_death(time.monotonic(), self.restart_policy)
-                if wait_s <= 0:
-                    log.warning("%s; restarting it", why)
-                    self._restart(h)
-                else:
-                    log.warning("%s; crash loop: restarting it in %.1f s", why, wait_s)
-                    h.state = "backoff"
-            else:
-                log.error("%s; restart limit (%d) reached", why, self.max_restarts)
-                h.state = "failed"
-            for chunk in chunks:
-                chunk.attempts += 1
-                if chunk.batch.error is None and chunk.attempts < 2:
-                    self._assign(chunk)
-                    continue
-                self._fail_batch(chunk.batch, f"member '{chunk.member}': {why} while running "
-                                              "this batch (already retried once)")
-                self._drop(chunk)
-            if not any(x.state in ("ready", "starting") for x in self._by_member[h.cfg.member]):
-                backlog = self._backlog[h.cfg.member]
-                while backlog:
-                    chunk = backlog.popleft()
-                    self._fail_batch(chunk.batch, f"member '{chunk.member}' has no worker",
-                                     UnavailableError)
-                    self._drop(chunk)
+            if not h.attached:
+                h.send(Attach(self._book.outputs.layout))
+                h.attached = True
+            h.ready, h.state, h.ready_at = msg, "ready", time.perf_counter()
+            backlog = self._book.backlog[h.cfg.member]
+            while backlog:
+                self._assign(backlog.popleft())
             self._changed.notify_all()
-
-    def _restart(self, h: WorkerHandle) -> None:
-        """Start a new process for `h` (lock held). A restart that fails (the fork server
-        is gone, say) counts as a death: `h` backs off and is tried again later."""
-        assert self._inputs is not None
-        out_layout = self._outputs.layout if self._outputs else None
-        try:
-            h.start(self._ctx, self.spec, self._inputs.layout, out_layout,
-                    self._lock_dir, self.cache_dir)
-        except Exception as exc:
-            wait_s = h.restart_state.record_death(time.monotonic(), self.restart_policy)
-            log.error("restarting worker %s failed (%s: %s); trying again in %.1f s",
-                      h.label, type(exc).__name__, exc, max(wait_s, RETRY_FAILED_START_S))
-            h.restart_state.next_restart_at = max(h.restart_state.next_restart_at,
-                                                  time.monotonic() + RETRY_FAILED_START_S)
-            h.state = "backoff"
-            return
-        h.stats.restarts += 1
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-
-    def _revive_due(self) -> None:
-        """Restart instances whose crash-loop back-off is over; fail work that waited too
-        long for a restarting worker (503: the client may retry)."""
-        now = time.monotonic()
-        with self._changed:
-            if self._state != "running":
-                return
-            for h in self._handles:
-                if h.state == "backoff" and h.restart_state.due(now):
-                    log.info("restarting worker %s after its back-off", h.label)
-                    self._restart(h)
-            for member, backlog in list(self._backlog.items()):
-                # new work only: work retried after a crash waits for the restart (bounded by
-                # start_timeout_s and the request's deadline)
-                expired = [c for c in backlog if c.attempts == 0 and now - c.parked_at > MAX_PARK_S]
-                for chunk in expired:
-                    if chunk.batch.error is not None:
-                        continue  # failing its batch already took it out of the backlogs
-                    self._backlog[member].remove(chunk)
-                    self._fail_batch(chunk.batch, f"member '{member}' is restarting and was not "
-                                                  f"ready within {MAX_PARK_S:g} s; retry later",
-                                     UnavailableError)
-                    self._drop(chunk)
-
-    # ----------------------------------------------------------------- batches
-    def _fold(self, batch: _Batch, unit: str) -> None:
-        """Fold the logits of the members `unit` computes into the batch's combination, as
-        soon as that unit has answered every row (the collector thread only)."""
-        assert self._outputs is not None and batch.running is not None
-        try:
-            for member in self.units[unit]:
-                i = self._member_names.index(member)
-                batch.running.add(i, self._outputs.view(output_field(i), batch.slot)[:batch.rows])
-        except Exception as exc:
-            with self._lock:
-                self._fail_batch(batch, f"combiner failed: {exc}")
-
-    def _complete(self, batch: _Batch) -> None:
-        """Finish a batch whose members have all answered (and been folded in) and resolve
-        its requests."""
-        assert self._outputs is not None and batch.running is not None
-        try:
-            probs, agree = batch.running.result()
-        except Exception as exc:
-            with self._lock:
-                self._fail_batch(batch, f"combiner failed: {exc}")
-            return
-        now, offset = time.perf_counter(), 0
-        with self._lock:
-            for r in batch.requests:
-                rows = slice(offset, offset + r.rows)
-                offset += r.rows
-                logits = ({m: self._outputs.view(output_field(i), batch.slot)[rows].copy()
-                           for i, m in enumerate(self._member_names)}
-                          if r.want_member_logits else {})
-                with contextlib.suppress(InvalidStateError):
-                    r.future.set_result(EnsembleResult(probs[rows], agree[rows], logits))
-                self._counters.completed += 1
-                self._counters.latencies.append(now - r.submitted)
-
-    def _fail_batch(self, batch: _Batch, message: str,
-                    kind: type[InferenceError] = MemberFailedError) -> None:
-        """Fail the batch's requests with `kind` (by default: a member's fault, a 500)."""
-        if batch.error is not None:
-            return
-        batch.error = message
-        for r in batch.requests:
-            if _fail_future(r.future, kind(message)):
-                self._counters.failed += 1
-        for member, backlog in self._backlog.items():
-            keep = deque(c for c in backlog if c.batch is not batch)
-            batch.outstanding -= len(backlog) - len(keep)
-            self._backlog[member] = keep
-        self._maybe_retire(batch)
-
-    def _drop(self, chunk: _Chunk) -> None:
-        chunk.batch.outstanding -= 1
-        self._maybe_retire(chunk.batch)
-
-    def _maybe_retire(self, batch: _Batch) -> None:
-        """Free the batch's slot once no chunk of it can still touch the arenas."""
-        if batch.outstanding > 0 or batch.batch_id not in self._batches:
-            return
-        if batch.error is None and any(batch.remaining.values()):
-            return
-        del self._batches[batch.batch_id]
-        self._inflight -= 1
-        self._free_slots.put(batch.slot)
-        self._changed.notify_all()
 
     # ----------------------------------------------------------------- shutdown
     def _shutdown(self, drain_timeout_s: float) -> None:
@@ -829,22 +626,21 @@ class Engine:
                 if t.name == "enserve-dispatcher":
                     t.join(timeout=max(0.0, deadline - time.monotonic()))
             with self._changed:
-                self._changed.wait_for(lambda: self._inflight == 0,
+                self._changed.wait_for(lambda: self._book.inflight == 0,
                                        timeout=max(0.0, deadline - time.monotonic()))
         with self._changed:
             stop_workers(self._handles)
             self._state = "stopped"
-            for batch in list(self._batches.values()):
-                self._fail_batch(batch, "engine stopped before the batch finished", UnavailableError)
+            self._book.fail_all("engine stopped before the batch finished")
             while True:
                 try:
                     r = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if r is not None and _fail_future(r.future, UnavailableError("engine stopped")):
+                if r is not None and fail_future(r.future, UnavailableError("engine stopped")):
                     self._counters.failed += 1
         os.write(self._wake_w, b"x")
-        self._free_slots.put(0)  # wake a dispatcher blocked on a slot
+        self._book.free_slots.put(0)  # wake a dispatcher blocked on a slot
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
@@ -852,29 +648,10 @@ class Engine:
             with contextlib.suppress(OSError):
                 os.close(fd)
         remove_lock_dir(self._lock_dir)
-        for arena in (self._inputs, self._outputs):
+        for arena in (self._inputs, self._book.outputs):
             if arena is not None:
                 arena.unlink()
                 arena.close()
-
-
-def _fail_future(future: Future[Any], error: BaseException) -> bool:
-    try:
-        future.set_exception(error)
-        return True
-    except InvalidStateError:
-        return False
-
-
-def _plan_from_profile(profile: Any, fusion: str = "auto") -> Any:
-    """Plan with the planner's greedy algorithm, choosing fused groups per `fusion`."""
-    from enserve.plan.fusion import plan_with_fusion
-
-    if isinstance(profile, (str, Path)):
-        from enserve.formats.profile import load_profile
-
-        profile = load_profile(profile)
-    return plan_with_fusion(profile, fusion, algorithm="greedy")
 
 
 def _stop_at_exit(ref: weakref.ref[Engine]) -> None:
@@ -882,18 +659,3 @@ def _stop_at_exit(ref: weakref.ref[Engine]) -> None:
     engine = ref()
     if engine is not None and engine._state not in ("stopped", "new"):
         engine.stop(timeout_s=5.0)
-
-
-def _has_key(mapping: Mapping[int, float], key: int) -> Any:
-    return lambda: key in mapping
-
-
-def load_plan_file(path: str | Path) -> Any:
-    """A plan file through the planner's `load_plan` (validated), else as plain JSON."""
-    try:
-        from enserve.formats.plan import load_plan
-    except ImportError:
-        import json
-
-        return json.loads(Path(path).read_text())
-    return load_plan(path)

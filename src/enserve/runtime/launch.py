@@ -130,10 +130,10 @@ def server_pids() -> dict[str, int]:
     return {f: pid for f, pid in found.items() if pid is not None}
 
 
-def needs_torch(spec: EnsembleSpec, member: str, variant: str, device: str = "cpu",
+def needs_torch(spec: EnsembleSpec, member: str, variant: str | None, device: str = "cpu",
                 cache_dir: Path | None = None) -> bool:
     """Whether an instance of `member` (a member or fused group name) in `variant`
-    ('default' = the member's default) will run PyTorch: the `onnx` variant of a PyTorch
+    (None = the member's default) will run PyTorch: the `onnx` variant of a PyTorch
     member does only while its ONNX export is not cached yet."""
     from enserve.formats.groups import parse_group_name
     from enserve.variants.names import default_variant
@@ -146,7 +146,7 @@ def needs_torch(spec: EnsembleSpec, member: str, variant: str, device: str = "cp
     member_spec = spec.member(member)
     if member_spec.kind in ("onnx", "simulate"):
         return False
-    chosen = default_variant(member_spec) if variant in ("default", "", None) else variant
+    chosen = default_variant(member_spec) if variant is None else variant
     if chosen != "onnx":
         return True
     from enserve.variants.load import cached_onnx

@@ -1,26 +1,24 @@
 """From a plan to worker configurations: which member, variant, device, batch size, thread
-count and cores each worker process gets.
+count and cores each worker process gets, and the calibration that pins CPU instances to
+cores once their cost is measured.
 
-The runtime reads plans through duck typing: any object with `.instances` (or a mapping with
-an "instances" list) whose items carry `member`, `variant`, `device`, `batch_size` and
-`share` works — the planner's `Plan` class, or a plan JSON file loaded as a dict.
+The runtime takes a validated `enserve.formats.plan.Plan` only (load a file with
+`enserve.plan.load_plan`, write one by hand with `Plan.of`).
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from enserve.errors import PlanError
-from enserve.formats.groups import is_fused_variant, parse_group_name
+from enserve.formats.groups import is_fused_variant
+from enserve.formats.plan import Instance, Plan
 from enserve.spec import EnsembleSpec
-
-DEFAULT_VARIANTS = ("default", "", None)
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class WorkerConfig:
 
     index: int
     member: str
-    variant: str = "default"
+    variant: str | None = None  # None: the member's default variant
     device: str = "cpu"
     batch_size: int = 8
     share: float = 1.0
@@ -63,52 +61,22 @@ def available_cores() -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
-def _field(item: Any, name: str, default: Any = None) -> Any:
-    if isinstance(item, Mapping):
-        return item.get(name, default)
-    return getattr(item, name, default)
-
-
-def plan_instances(plan: Any) -> list[Any]:
-    """The instance list of a plan object, a plan dict, or a path to a plan JSON file."""
-    if isinstance(plan, (str, Path)):
-        try:
-            plan = json.loads(Path(plan).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PlanError(f"{plan}: cannot read plan: {exc}") from None
-    instances = _field(plan, "instances")
-    if not isinstance(instances, Sequence) or isinstance(instances, (str, bytes)):
-        raise PlanError("a plan needs an 'instances' list")
-    return list(instances)
-
-
-def predicted_throughput(plan: Any) -> float | None:
-    """The plan's predicted ensemble throughput (requests/s), where it carries one."""
-    if plan is None or isinstance(plan, (str, Path)):
-        return None
-    predicted = _field(plan, "predicted")
-    value = _field(predicted, "throughput") if predicted is not None else None
-    if value is None:
-        value = _field(plan, "predicted_throughput")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _covered(spec: EnsembleSpec, index: int, member: Any, variant: Any) -> tuple[str, ...]:
-    """() for an ordinary member; the covered members for a fused group's name."""
+def _covered(spec: EnsembleSpec, index: int, inst: Instance) -> tuple[str, ...]:
+    """() for an ordinary member; the covered members for a fused group."""
     names = {m.name for m in spec.members}
-    if member in names:
+    if inst.member in names:
         return ()
-    group = parse_group_name(str(member))
+    group = inst.group
     if group is None:
-        raise PlanError(f"plan instance {index}: member '{member}' is not in ensemble "
+        raise PlanError(f"plan instance {index}: member '{inst.member}' is not in ensemble "
                         f"'{spec.name}'")
     unknown = [m for m in group.covers if m not in names]
     if unknown:
-        raise PlanError(f"plan instance {index}: fused group '{member}' covers "
+        raise PlanError(f"plan instance {index}: fused group '{inst.member}' covers "
                         f"{', '.join(unknown)}, not in ensemble '{spec.name}'")
-    if variant not in DEFAULT_VARIANTS and not is_fused_variant(variant):
-        raise PlanError(f"plan instance {index}: fused group '{member}' needs a fused "
-                        f"variant (e.g. fused-{group.kind}), got '{variant}'")
+    if inst.variant is not None and not is_fused_variant(inst.variant):
+        raise PlanError(f"plan instance {index}: fused group '{inst.member}' needs a fused "
+                        f"variant (e.g. fused-{group.kind}), got '{inst.variant}'")
     return group.covers
 
 
@@ -130,28 +98,21 @@ def execution_units(configs: Sequence[WorkerConfig]) -> dict[str, tuple[str, ...
     return units
 
 
-def configs_from_plan(spec: EnsembleSpec, plan: Any) -> list[WorkerConfig]:
+def configs_from_plan(spec: EnsembleSpec, plan: Plan) -> list[WorkerConfig]:
     """One WorkerConfig per planned instance; every member must be computed by exactly one
     unit (its own instances, or a fused group's)."""
     configs: list[WorkerConfig] = []
     names = {m.name for m in spec.members}
-    for i, inst in enumerate(plan_instances(plan)):
-        member = _field(inst, "member")
-        variant = _field(inst, "variant")
-        covers = _covered(spec, i, member, variant)
-        batch = int(_field(inst, "batch_size", 8) or 8)
-        share = float(_field(inst, "share", 1) or 1)
-        if batch < 1 or share <= 0:
-            raise PlanError(f"plan instance {i} ({member}): batch_size and share must be positive")
+    for i, inst in enumerate(plan.instances):
         configs.append(
             WorkerConfig(
                 index=i,
-                member=member,
-                variant="default" if variant in DEFAULT_VARIANTS else str(variant),
-                device=str(_field(inst, "device", "cpu") or "cpu"),
-                batch_size=batch,
-                share=share,
-                covers=covers,
+                member=inst.member,
+                variant=inst.variant,
+                device=inst.device,
+                batch_size=inst.batch_size,
+                share=inst.share,
+                covers=_covered(spec, i, inst),
             )
         )
     execution_units(configs)
@@ -163,7 +124,7 @@ def configs_from_plan(spec: EnsembleSpec, plan: Any) -> list[WorkerConfig]:
 
 def default_configs(
     spec: EnsembleSpec, batch_size: int = 8, cores: Sequence[int] | None = None,
-    variant: str = "default",
+    variant: str | None = None,
 ) -> list[WorkerConfig]:
     """One CPU instance per member; members share the cores (a balanced split is made once
     their warm-up times are known, see `balance_cores`)."""
@@ -197,3 +158,36 @@ def balance_cores(
             heapq.heappush(load, (busy + cost, core))
         out[cfg.index] = replace(cfg, cores=tuple(sorted(core for _, core in taken)))
     return [out.get(c.index, c) for c in configs]
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibration_inputs(fields: Sequence[tuple[str, str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Random inputs (name, dtype, shape) to time each instance with before pinning."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, dtype, shape in fields:
+        if np.dtype(dtype).kind == "f":
+            out[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            out[name] = rng.integers(0, 128, size=shape).astype(dtype)
+    return out
+
+
+def measure_costs(configs: Sequence[WorkerConfig], time_rows: Callable[[WorkerConfig, int], float | None],
+                  max_batch: int, attempts: int = 2) -> dict[int, float]:
+    """Each CPU instance's expected busy time per row: the fastest of `attempts` timed runs
+    of one batch of its size (`time_rows(cfg, rows)`, None when it did not answer; less
+    noise from other load), divided among the instances of its unit (which share its
+    rows). Input to `balance_cores`."""
+    replicas: dict[str, int] = {}
+    for cfg in configs:
+        replicas[cfg.member] = replicas.get(cfg.member, 0) + 1
+    costs: dict[int, float] = {}
+    for cfg in configs:
+        if not cfg.is_cpu:
+            continue
+        rows = min(cfg.batch_size, max_batch)
+        timings = [t for t in (time_rows(cfg, rows) for _ in range(attempts)) if t is not None]
+        per_row = min(timings) / rows if timings else 1.0
+        costs[cfg.index] = per_row / replicas[cfg.member]
+    return costs

@@ -8,7 +8,6 @@ closes (the engine is gone), so it never outlives its engine for long.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import signal
 import sys
@@ -16,13 +15,12 @@ import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from enserve.errors import ModelLoadError
 from enserve.fusion.member import FusedMember
-from enserve.members import Member, load_member
+from enserve.members import Member
 from enserve.runtime.corelocks import CoreLocks
 from enserve.runtime.messages import Attach, Done, Failed, Pin, Ready, Stop, Task
 from enserve.runtime.placement import WorkerConfig
@@ -77,22 +75,16 @@ def apply_device_share(cfg: WorkerConfig) -> list[str]:
 
 
 def build_member(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None) -> Member:
-    """The member in the planned variant (through `enserve.variants` where it exists), or
+    """The member in the planned variant (through `enserve.variants`), or
     the fused group (`enserve.fusion.load_fused`) for an instance that covers several."""
     if cfg.fused:
         return build_fused(spec, cfg)
+    from enserve.variants import default_variant, load_variant
+
     member_spec = spec.member(cfg.member)
-    try:
-        from enserve.variants import default_variant, load_variant
-    except ImportError:
-        if cfg.variant not in ("default", "eager"):
-            raise ValueError(f"variant '{cfg.variant}' needs enserve.variants") from None
-        return load_member(spec, member_spec, threads=cfg.threads)
-    variant = default_variant(member_spec) if cfg.variant == "default" else cfg.variant
-    kwargs: dict[str, Any] = {}
-    if "device" in inspect.signature(load_variant).parameters:
-        kwargs["device"] = "cpu" if cfg.is_cpu else "cuda:0"  # CUDA_VISIBLE_DEVICES is set
-    return load_variant(spec, member_spec, variant, cfg.threads, cache_dir, **kwargs)
+    variant = default_variant(member_spec) if cfg.variant is None else cfg.variant
+    device = "cpu" if cfg.is_cpu else "cuda:0"  # CUDA_VISIBLE_DEVICES is set
+    return load_variant(spec, member_spec, variant, cfg.threads, cache_dir, device=device)
 
 
 def build_fused(spec: EnsembleSpec, cfg: WorkerConfig) -> FusedMember:
@@ -102,8 +94,7 @@ def build_fused(spec: EnsembleSpec, cfg: WorkerConfig) -> FusedMember:
     if not cfg.is_cpu:
         raise ModelLoadError(f"{cfg.label}: fused groups run on the CPU only (planned on "
                              f"{cfg.device})")
-    variant = None if cfg.variant == "default" else cfg.variant
-    return load_fused_variant(spec, cfg.member, variant, cfg.threads)
+    return load_fused_variant(spec, cfg.member, cfg.variant, cfg.threads)
 
 
 def _warmup_batch(shape: Sequence[int], dtype: str, rows: int) -> np.ndarray:

@@ -41,7 +41,7 @@ class ServerConfig:
     http_port: int | None = 8000
     grpc_port: int | None = 8001
     metrics_port: int | None = 8002
-    backend: str = "reference"
+    backend: str = "engine"
     models: list[str] | None = None
     """Models to load at start (None: every folder in the repository)."""
     limits: Limits = field(default_factory=Limits)
@@ -73,11 +73,8 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
 
         return lambda spec: ReferenceBackend(spec, threads=threads)
     if kind == "engine":
-        from enserve.server.engine_backend import EngineBackend, engine_available
+        from enserve.server.engine_backend import EngineBackend
 
-        reason = engine_available()
-        if reason:
-            raise EnserveError(f"--backend engine: {reason}")
         limits = limits or Limits()
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
                                           max_queue=limits.max_pending, plan_policy=plan_policy,

@@ -19,7 +19,7 @@ import numpy as np
 from enserve.errors import MemberFailedError, UnavailableError
 from enserve.members.slowed import Slowed, slow_members
 from enserve.reference import ReferenceExecutor
-from enserve.result import EnsembleResult
+from enserve.result import EnsembleResult, ValidInputs
 from enserve.server.errors import Code, ServerError
 from enserve.spec import EnsembleSpec
 
@@ -55,12 +55,15 @@ class Backend(Protocol):
     def output_classes(self) -> int | None:
         """Number of classes the members output (None if unknown)."""
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
-        """Answer a validated batch; raise ServerError(TIMEOUT) if `deadline`
-        (time.monotonic()) passes before the batch starts."""
+    async def infer(self, inputs: ValidInputs, outputs: Sequence[str],
+                    deadline: float | None) -> Outcome:
+        """Answer a validated batch with at least the named `outputs` (a member's logits
+        are only guaranteed when `logits_<member>` is named); per-member seconds in
+        `Timing.member_s`. Raise a TIMEOUT error (ServerError, or DeadlineError) if
+        `deadline` (time.monotonic()) passes before the batch starts."""
 
     def stats(self) -> dict[str, Any]:
-        """Backend-specific counters (free form)."""
+        """Backend-specific counters (free form, for the dashboard and statistics)."""
 
     def memory_bytes(self) -> int:
         """Host memory the loaded ensemble holds (for a memory budget)."""
@@ -97,7 +100,7 @@ class ReferenceBackend:
     def output_classes(self) -> int | None:
         return int(self.executor.output_shape[-1])
 
-    def _run(self, inputs: Mapping[str, np.ndarray], deadline: float | None, submitted: float) -> Outcome:
+    def _run(self, inputs: ValidInputs, deadline: float | None, submitted: float) -> Outcome:
         check_deadline(deadline, submitted)
         started = time.perf_counter()
         queue_s = time.monotonic() - submitted
@@ -116,7 +119,8 @@ class ReferenceBackend:
         self._batches += 1
         return Outcome(result, Timing(queue_s, time.perf_counter() - started, member_s, combine_s))
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+    async def infer(self, inputs: ValidInputs, outputs: Sequence[str],
+                    deadline: float | None) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, self._run, inputs, deadline, time.monotonic())

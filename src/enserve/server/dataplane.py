@@ -17,7 +17,7 @@ import numpy as np
 import enserve
 from enserve.datatypes import numpy_dtype, v2_datatype
 from enserve.policies.parameters import RequestPolicy
-from enserve.result import validate_inputs
+from enserve.result import ValidInputs, default_outputs, validate_inputs
 from enserve.server.backend import Outcome, Timing
 from enserve.server.decoding import Decoder
 from enserve.server.errors import Code, ServerError, as_server_error
@@ -207,14 +207,14 @@ class DataPlane:
             deadline = now + self.limits.request_timeout_s  # the server's default deadline
         policy = self.policies.request(spec, request.parameters)
         input_s = time.perf_counter() - started
+        names = [o.name for o in request.outputs] if request.outputs else default_outputs(spec)
         parameters: dict[str, Any] = {}
         if policy.is_default_full:
-            outcome = await self._run(loaded, inputs, deadline)
+            outcome = await self._run(loaded, inputs, names, deadline)
         else:
             ran = await self._run_policy(loaded, inputs, policy, arrived, deadline)
             outcome, parameters = ran.outcome, ran.parameters
         output_started = time.perf_counter()
-        names = [o.name for o in request.outputs] if request.outputs else None
         outputs = outcome.result.outputs(spec, names)
         batch = next(iter(inputs.values())).shape[0]
         total_s = time.perf_counter() - started
@@ -245,7 +245,7 @@ class DataPlane:
         self.metrics.observe_policy(loaded.name, ran)
         return ran
 
-    def _request_inputs(self, spec: EnsembleSpec, request: InferRequest) -> dict[str, np.ndarray]:
+    def _request_inputs(self, spec: EnsembleSpec, request: InferRequest) -> ValidInputs:
         inputs = request.inputs
         if request.raw_body is not None:
             if len(spec.inputs) != 1:
@@ -266,15 +266,16 @@ class DataPlane:
                 )
         return validate_inputs(spec, inputs, max_batch=self.limits.max_batch)
 
-    async def _run(self, loaded: LoadedEnsemble, inputs: dict[str, np.ndarray],
+    async def _run(self, loaded: LoadedEnsemble, inputs: ValidInputs, outputs: list[str],
                    deadline: float | None) -> Outcome:
         if deadline is None:
-            return await loaded.backend.infer(inputs, None)
+            return await loaded.backend.infer(inputs, outputs, None)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ServerError("request timed out before it was scheduled", Code.TIMEOUT)
         try:
-            return await asyncio.wait_for(loaded.backend.infer(inputs, deadline), remaining)
+            return await asyncio.wait_for(loaded.backend.infer(inputs, outputs, deadline),
+                                          remaining)
         except TimeoutError:
             raise ServerError(
                 f"request timed out after {remaining * 1000:.1f} ms (its deadline: parameters.timeout, "
