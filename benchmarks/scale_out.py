@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from enserve.formats.plan import Plan
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("overhead", "one-node", "simulated", "node-loss")
 TINY_MODELS = """
@@ -82,14 +84,15 @@ def write_tiny(folder: Path, members: list[str]) -> Path:
     return folder
 
 
-def cpu_plan(members: list[str], nodes: list[str], batch: int) -> dict[str, Any]:
+def cpu_plan(members: list[str], nodes: list[str], batch: int) -> Plan:
     devices = [{"id": f"{n}/cpu" if n else "cpu", "kind": "cpu", "memory_bytes": 2**30,
                 "compute_units": 1} for n in nodes]
     instances = [{"member": m, "variant": None, "device": devices[i % len(devices)]["id"],
                   "batch_size": batch, "share": 1, "memory_bytes": 0}
                  for i, m in enumerate(members)]
-    return {"algorithm": "manual", "objective": "throughput", "devices": devices,
-            "instances": instances, "predicted": {"throughput": 1.0, "latency_s": 1.0}}
+    return Plan.from_dict({"algorithm": "manual", "objective": "throughput", "devices": devices,
+                           "instances": instances,
+                           "predicted": {"throughput": 1.0, "latency_s": 1.0}})
 
 
 # ------------------------------------------------------------------------------ parts

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from enserve.errors import OverloadedError
+from enserve.errors import DeadlineError, OverloadedError
 
 
 @dataclass
@@ -113,6 +113,24 @@ class Gatherer:
             batch.append(req)
             rows += req.rows
         return batch
+
+
+def fail_expired(requests: list[PendingRequest]) -> tuple[list[PendingRequest], int]:
+    """Fail (DeadlineError) the requests whose deadline passed before their batch
+    started; the others, and how many futures were failed here."""
+    now = time.monotonic()
+    keep: list[PendingRequest] = []
+    failed = 0
+    for r in requests:
+        if r.deadline is None or now <= r.deadline:
+            keep.append(r)
+            continue
+        waited = (time.perf_counter() - r.submitted) * 1000
+        with contextlib.suppress(Exception):  # already answered (cancelled): nothing to do
+            r.future.set_exception(DeadlineError(
+                f"request timed out after {waited:.1f} ms in the queue"))
+            failed += 1
+    return keep, failed
 
 
 def chunk_rows(rows: int, batch_size: int, replicas: int = 1) -> list[tuple[int, int]]:

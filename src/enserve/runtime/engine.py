@@ -46,7 +46,7 @@ from enserve.errors import (
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
 from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
+from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows, fail_expired
 from enserve.runtime.batches import BatchBook, Chunk, fail_future
 from enserve.runtime.corelocks import create_lock_dir, remove_lock_dir
 from enserve.runtime.faults import Faults
@@ -432,7 +432,10 @@ class Engine:
                 self._book.free_slots.put(slot)
 
     def _launch(self, slot: int, requests: list[PendingRequest]) -> None:
-        requests = self._drop_expired(requests)
+        requests, late = fail_expired(requests)
+        if late:
+            with self._lock:
+                self._counters.failed += late
         if not requests:
             self._book.free_slots.put(slot)
             return
@@ -451,21 +454,6 @@ class Engine:
                 for start, stop in chunk_rows(batch.rows, size, len(usable)):
                     self._assign(self._book.chunk(batch, unit, start, stop))
             self._book.maybe_retire(batch)
-
-    def _drop_expired(self, requests: list[PendingRequest]) -> list[PendingRequest]:
-        """Fail the requests whose deadline passed while they waited; the others."""
-        now = time.monotonic()
-        keep = []
-        for r in requests:
-            if r.deadline is not None and now > r.deadline:
-                waited = (time.perf_counter() - r.submitted) * 1000
-                if fail_future(r.future, DeadlineError(
-                        f"request timed out after {waited:.1f} ms in the queue")):
-                    with self._lock:
-                        self._counters.failed += 1
-            else:
-                keep.append(r)
-        return keep
 
     def _assign(self, chunk: Chunk) -> None:
         """Send a chunk to the least-loaded ready instance of its unit (lock held)."""

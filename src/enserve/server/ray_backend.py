@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from enserve.datatypes import numpy_dtype
+from enserve.result import ValidInputs
 from enserve.server.backend import Outcome, Timing
-from enserve.server.engine_backend import PLAN_FILE, PROFILE_FILE
+from enserve.server.engine_backend import folder_plan
 from enserve.spec import EnsembleSpec
 
 
@@ -27,11 +28,9 @@ class RayBackend:
         from enserve.runtime.ray.engine import RayEngine
 
         self.spec = spec
-        plan_file, profile_file = spec.base_dir / PLAN_FILE, spec.base_dir / PROFILE_FILE
-        self.engine = RayEngine(
-            spec, plan=plan_file if plan_file.is_file() else None,
-            profile=profile_file if profile_file.is_file() and not plan_file.is_file() else None,
-            address=address, max_batch=max_batch, max_queue=max_queue)
+        plan, profile = folder_plan(spec)
+        self.engine = RayEngine(spec, plan, profile=profile, address=address,
+                                max_batch=max_batch, max_queue=max_queue)
         self.engine.start()
         try:
             probe = {t.name: np.ones((1, *t.shape[1:]), dtype=numpy_dtype(t.datatype))
@@ -44,10 +43,14 @@ class RayBackend:
     def output_classes(self) -> int | None:
         return self._classes
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Outcome:
+    async def infer(self, inputs: ValidInputs, outputs: Sequence[str],
+                    deadline: float | None) -> Outcome:
         started = time.perf_counter()
-        result = await self.engine.infer(inputs)
-        return Outcome(result, Timing(compute_s=time.perf_counter() - started))
+        result = await self.engine.infer(inputs, outputs, deadline)
+        total = time.perf_counter() - started
+        return Outcome(result, Timing(queue_s=result.queue_s,
+                                      compute_s=max(0.0, total - result.queue_s),
+                                      member_s=dict(result.member_s)))
 
     def stats(self) -> dict[str, Any]:
         return self.engine.stats()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from enserve.formats.plan import Plan
 from enserve.reference import ReferenceExecutor
 from enserve.runtime.ray.engine import RayEngine
 from enserve.runtime.ray.sandbox import NodeSpec, add_node, local_cluster
@@ -35,24 +36,24 @@ def _inst(member: str, device: str, batch: int, share: float = 1) -> dict[str, A
             "share": share, "memory_bytes": 0}
 
 
-def tiny_plan(members: list[str]) -> dict[str, Any]:
+def tiny_plan(members: list[str]) -> Plan:
     """An instance on every node, two replicas of one member, batch sizes 1, 4 and 8."""
     a, b, c = members
-    return {"algorithm": "manual", "objective": "throughput",
+    return Plan.from_dict({"algorithm": "manual", "objective": "throughput",
             "devices": [_device(f"node-{i}") for i in range(3)],
             "instances": [_inst(a, "node-0/cpu", 4), _inst(b, "node-1/cpu", 1),
                           _inst(b, "node-2/cpu", 1), _inst(c, "node-1/cpu", 8)],
-            "predicted": {"throughput": 1.0, "latency_s": 1.0}}
+            "predicted": {"throughput": 1.0, "latency_s": 1.0}})
 
 
-def sim_plan(members: list[str]) -> dict[str, Any]:
+def sim_plan(members: list[str]) -> Plan:
     """Simulated members on node-2's two (fake) GPUs: one shared 50/50, one whole."""
     a, b, c = members
-    return {"algorithm": "manual", "objective": "throughput",
+    return Plan.from_dict({"algorithm": "manual", "objective": "throughput",
             "devices": [_device("node-2", "cuda:0"), _device("node-2", "cuda:1")],
             "instances": [_inst(a, "node-2/cuda:0", 8, 50), _inst(b, "node-2/cuda:0", 8, 50),
                           _inst(c, "node-2/cuda:1", 8, 100)],
-            "predicted": {"throughput": 1.0, "latency_s": 1.0}}
+            "predicted": {"throughput": 1.0, "latency_s": 1.0}})
 
 
 def max_diff(engine: RayEngine, reference: ReferenceExecutor, shape: tuple[int, ...],

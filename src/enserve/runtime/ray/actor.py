@@ -25,7 +25,7 @@ class ActorConfig:
 
     index: int
     member: str
-    variant: str
+    variant: str | None  # None: the member's default variant
     device: str
     batch_size: int
     share: float

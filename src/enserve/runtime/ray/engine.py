@@ -42,10 +42,11 @@ from enserve.cluster import cluster_devices, node_of, qualify, split_device_id
 from enserve.combine import RunningCombination
 from enserve.devices import Device
 from enserve.errors import EnserveError, InferenceError, ModelLoadError
-from enserve.formats.plan import Instance, Plan, Predicted, load_plan
+from enserve.formats.plan import Instance, Plan, Predicted
+from enserve.formats.profile import Profile
 from enserve.plan.replan import diff_instances, replan
-from enserve.result import EnsembleResult, output_names, validate_inputs
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
+from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
+from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows, fail_expired
 from enserve.runtime.placement import WorkerConfig, configs_from_plan, execution_units
 from enserve.runtime.ray.nodes import NODE_ID_LABEL, LiveNode, connect, live_nodes
 from enserve.runtime.stats import EngineCounters, member_summary, percentiles
@@ -104,6 +105,8 @@ class _Batch:
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     error: str | None = None
     done: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    member_s: dict[str, float] = field(default_factory=dict)  # member -> seconds until done
 
 
 @dataclass
@@ -134,9 +137,9 @@ class RayEngine:
     def __init__(
         self,
         spec: EnsembleSpec | str | Path,
-        plan: Plan | Mapping[str, Any] | str | Path | None = None,
+        plan: Plan | None = None,
         *,
-        profile: Any = None,
+        profile: Profile | None = None,
         address: str | None = None,
         max_batch: int = 32,
         max_delay_s: float = 0.002,
@@ -151,15 +154,7 @@ class RayEngine:
         inline_bytes: int = 100 * 1024,
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
-        if isinstance(profile, (str, Path)):
-            from enserve.formats.profile import load_profile
-
-            profile = load_profile(profile)
         self.profile = profile
-        if isinstance(plan, (str, Path)):
-            plan = load_plan(plan)
-        elif isinstance(plan, Mapping):
-            plan = Plan.from_dict(plan)
         self._given_plan: Plan | None = plan
         self.address = address
         self.max_batch = max_batch
@@ -254,21 +249,29 @@ class RayEngine:
 
     # ----------------------------------------------------------------- requests
     def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
-               outputs: Sequence[str] | None = None) -> Future[EnsembleResult]:
+               outputs: Sequence[str] | None = None,
+               deadline: float | None = None) -> Future[EnsembleResult]:
         """Queue one request batch; the future resolves to its EnsembleResult (or raises
-        InferenceError naming what failed). OverloadedError when the queue is full."""
+        InferenceError naming what failed). OverloadedError when the queue is full.
+        `outputs` and `deadline` as in `enserve.runtime.Engine.submit`."""
         if self._state != "running":
             raise InferenceError(f"engine is {self._state}, not accepting requests")
-        if outputs is not None:
+        if outputs is None:
+            logits = tuple(self._member_names)
+        else:
             unknown = sorted(set(outputs) - set(output_names(self.spec)))
             if unknown:
                 raise InferenceError(f"unknown output(s) {unknown}; available: "
                                      f"{output_names(self.spec)}")
-        arrays = validate_inputs(self.spec, inputs, max_batch=self.max_batch)
-        rows = next(iter(arrays.values())).shape[0]
-        want_logits = outputs is None or any(o.startswith("logits_") for o in outputs)
+            logits = tuple(m for m in self._member_names if f"logits_{m}" in outputs)
+        if isinstance(inputs, ValidInputs):
+            arrays = inputs
+            if inputs.rows > self.max_batch:
+                raise InferenceError(f"batch {inputs.rows} exceeds the limit {self.max_batch}")
+        else:
+            arrays = validate_inputs(self.spec, inputs, max_batch=self.max_batch)
         future: Future[EnsembleResult] = Future()
-        request = PendingRequest(arrays, rows, future, want_logits)
+        request = PendingRequest(arrays, arrays.rows, future, logits, deadline)
         if self._launch_now(request):
             return future
         try:
@@ -295,8 +298,9 @@ class RayEngine:
         return True
 
     async def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
-                    outputs: Sequence[str] | None = None) -> EnsembleResult:
-        return await asyncio.wrap_future(self.submit(inputs, outputs))
+                    outputs: Sequence[str] | None = None,
+                    deadline: float | None = None) -> EnsembleResult:
+        return await asyncio.wrap_future(self.submit(inputs, outputs, deadline))
 
     def infer_sync(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
                    outputs: Sequence[str] | None = None,
@@ -310,7 +314,8 @@ class RayEngine:
     @property
     def predicted_throughput(self) -> float | None:
         plan = self.current or self.plan
-        return plan.predicted.throughput if plan and plan.predicted.throughput > 0 else None
+        predicted = plan.predicted if plan else None
+        return predicted.throughput if predicted and predicted.throughput > 0 else None
 
     @property
     def configs(self) -> list[WorkerConfig]:
@@ -645,9 +650,16 @@ class RayEngine:
     def _launch(self, requests: list[PendingRequest]) -> None:
         import ray
 
+        requests, late = fail_expired(requests)
+        if late:
+            with self._lock:
+                self._counters.failed += late
+        if not requests:
+            self._slots.release()
+            return
         rows = sum(r.rows for r in requests)
         if len(requests) == 1:
-            arrays = requests[0].inputs
+            arrays = dict(requests[0].inputs)
         else:
             arrays = {name: np.concatenate([r.inputs[name] for r in requests])
                       for name in requests[0].inputs}
@@ -750,8 +762,10 @@ class RayEngine:
             batch.remaining[chunk.unit] -= chunk.rows
             if batch.remaining[chunk.unit] > 0:
                 return
+            elapsed = time.perf_counter() - batch.started
             try:  # this member answered every row: fold it in (under the lock: one at a time)
                 for member in self.units[chunk.unit]:
+                    batch.member_s[member] = elapsed
                     batch.running.add(self._member_names.index(member), batch.logits[member])
             except Exception as exc:
                 self._fail_batch(batch, f"combiner failed: {exc}")
@@ -805,10 +819,12 @@ class RayEngine:
             for r in batch.requests:
                 rows = slice(offset, offset + r.rows)
                 offset += r.rows
-                logits = ({m: batch.logits[m][rows].copy() for m in self._member_names}
-                          if r.want_member_logits else {})
+                logits = {m: batch.logits[m][rows].copy() for m in r.logits}
+                result = EnsembleResult(probs[rows], agree[rows], logits,
+                                        member_s=dict(batch.member_s),
+                                        queue_s=max(0.0, batch.started - r.submitted))
                 with contextlib.suppress(InvalidStateError):
-                    r.future.set_result(EnsembleResult(probs[rows], agree[rows], logits))
+                    r.future.set_result(result)
                 self._counters.completed += 1
                 self._counters.latencies.append(now - r.submitted)
             self._finish(batch)
