@@ -24,14 +24,15 @@ from typing import Any
 CHILD = textwrap.dedent('''
     import json, sys, threading, time
     import numpy as np
+    from enserve.formats.plan import Plan
     from enserve.runtime import Engine
     from enserve.spec import load_spec
 
     args = json.loads(sys.argv[1])
     spec = load_spec(args["spec"])
-    plan = {"instances": [{"member": m.name, "variant": args["variant"], "device": "cpu",
-                           "batch_size": args["batch"], "share": 1, "memory_bytes": 0}
-                          for m in spec.members]}
+    plan = Plan.of([{"member": m.name, "variant": args["variant"], "device": "cpu",
+                     "batch_size": args["batch"], "share": 1, "memory_bytes": 0}
+                    for m in spec.members])
     engine = Engine(spec, plan, max_batch=args["batch"]).start()
     x = np.random.default_rng(0).standard_normal((1, *spec.inputs[0].shape[1:])).astype(np.float32)
     engine.infer_sync(x, timeout=600)

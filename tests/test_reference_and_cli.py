@@ -118,8 +118,7 @@ def test_demo_trains_from_scratch_and_still_beats_its_best_member(tmp_path: Path
     shutil.copytree(DEFAULT_SPEC.parent, folder)
     for weights in folder.glob("*.safetensors"):
         weights.unlink()
-    timings = train(folder / "ensemble.yaml")
+    timings = train(folder / "ensemble.yaml")  # its time: benchmarks/planning_time.py --train
     assert set(timings) == {"cnn", "dwcnn", "mlp", "cnn5"}
-    assert sum(timings.values()) < 60
     acc = evaluate(folder / "ensemble.yaml")
     assert acc.ensemble > acc.best_member[1]

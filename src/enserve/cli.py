@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from enserve.errors import EnserveError
 from enserve.members.trust import set_trusted
@@ -22,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"enserve.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"enserve.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"enserve.commands.{name}").register(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--trust-code", metavar="LIST", default=None,
@@ -39,12 +35,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def json_alone_on_stdout() -> Iterator[None]:
+    """For `--json`: while the command runs, file descriptor 1 points at stderr, so native
+    libraries' banners and child processes' output cannot mix into the JSON; Python's
+    `sys.stdout` (where the command prints its JSON) keeps writing to the real stdout.
+    Only when `sys.stdout` is the process's own (not captured, e.g. by a test)."""
+    if sys.stdout is not sys.__stdout__ or sys.stdout is None:
+        yield
+        return
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    json_out = open(os.dup(1), "w", encoding="utf-8", closefd=True)  # noqa: SIM115
+    os.dup2(2, 1)
+    saved, sys.stdout = sys.stdout, json_out
+    try:
+        yield
+    finally:
+        json_out.flush()
+        sys.stdout = saved
+        json_out.close()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "trust_code", None) is not None:
         set_trusted(args.trust_code.split(","))
+    quiet = json_alone_on_stdout() if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return int(args.func(args) or 0)
+        with quiet:
+            return int(args.func(args) or 0)
     except EnserveError as exc:
         print(f"enserve {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Greedy vs the exact optimum, and planning time on the big scenarios.
+"""Greedy vs the exact optimum, and greedy vs batch-only on the big scenarios (their
+planning time is a benchmark: benchmarks/planning_time.py).
 
 The exact optima of the random scenarios are stored in data/exact_reference.json (written by
 `python benchmarks/planner_quality.py --write-reference tests/plan/data/exact_reference.json`,
@@ -10,7 +11,6 @@ and a few are solved again live to check the exact planner itself.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +64,10 @@ def test_exact_reproduces_the_stored_optimum(index: int) -> None:
 
 
 @pytest.mark.parametrize("name, at_least", [("pochelu_12x4", 2.0), ("pochelu_1x16", 10.0)])
-def test_big_scenarios_plan_in_under_a_second(name: str, at_least: float) -> None:
+def test_big_scenarios_beat_batch_only(name: str, at_least: float) -> None:
+    """The planning time target (< 1 s each) is checked by benchmarks/planning_time.py."""
     profile = load_profile(SCENARIOS / f"{name}.json")
-    best = float("inf")
-    for _ in range(2):  # one retry: this machine is shared, a single slow run is noise
-        start = time.perf_counter()
-        result = plan(profile, "greedy")
-        best = min(best, time.perf_counter() - start)
-        if best < 1.0:
-            break
-    assert best < 1.0, f"{name}: greedy took {best:.2f} s"
+    result = plan(profile, "greedy")
     baseline = plan(profile, "batch-only")
+    assert result.predicted is not None and baseline.predicted is not None
     assert result.predicted.throughput >= at_least * baseline.predicted.throughput

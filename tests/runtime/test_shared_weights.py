@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from enserve.formats.plan import Plan
 from enserve.members.onnx_shared import optimized_path
 from enserve.reference import ReferenceExecutor
 from enserve.runtime import Engine
@@ -39,8 +40,8 @@ def test_two_instances_share_the_weight_pages(tmp_path: Path, framework: str):
         {"name": "wide", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 2, 2]}],
          "members": [{"name": "wide", "source": source}], "combiner": "mean_prob"},
         base_dir=tmp_path, where=str(tmp_path / "ensemble.yaml"))
-    plan = {"instances": [{"member": "wide", "variant": None, "device": "cpu", "batch_size": 2,
-                           "share": 1, "memory_bytes": 0}] * 2}
+    plan = Plan.of([{"member": "wide", "variant": None, "device": "cpu", "batch_size": 2,
+                     "share": 1, "memory_bytes": 0}] * 2)
     cache = tmp_path / "cache"
     x = np.random.default_rng(1).standard_normal((6, 3, 2, 2)).astype(np.float32)
     expected = ReferenceExecutor(spec).infer(x)

@@ -19,7 +19,6 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from enserve.server.engine_backend import engine_available
 from tests.helpers.browser import dump_dom, find_chromium, keyed_text, screenshot
 from tests.helpers.server import RunningServer, start_server
 
@@ -42,8 +41,6 @@ def _plan() -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    if engine_available():
-        pytest.skip(engine_available())
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "examples" / "digits", repo / "digits")
     (repo / "digits" / "plan.json").write_text(json.dumps(_plan()))

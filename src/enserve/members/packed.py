@@ -1,7 +1,8 @@
 """Fast loading: an ensemble's weights packed in one safetensors file, read through a
 memory map with no copy, into models built on the `meta` device (no random init) and
-filled with `load_state_dict(assign=True)`. `WarmPool` keeps pre-imported worker
-processes ready so a load never pays Python and torch start-up.
+filled with `load_state_dict(assign=True)`. A `WarmWorker` is a pre-imported process
+(typed commands `Load`, `Infer`, `Unload`, `StopWorker` over its pipe) so a load never
+pays Python and torch start-up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import struct
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,39 @@ def read_seconds(path: str | Path, chunk: int = 16 * 2**20) -> float:
 
 
 # ---- warm worker processes -------------------------------------------------------------
+@dataclass(frozen=True)
+class Load:
+    """Load the ensemble at `spec_path` (weights from `packed` when given)."""
+
+    spec_path: str
+    packed: str | None = None
+    fused: bool = True
+
+
+@dataclass(frozen=True)
+class Infer:
+    batch: np.ndarray
+
+
+@dataclass(frozen=True)
+class Unload:
+    """Drop the loaded ensemble and give its memory back (also a no-op round trip)."""
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    """Answer, then exit."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A command's result: `value` (load seconds, probabilities or None), or `error`."""
+
+    value: Any = None
+    error: str | None = None
+
+
+WarmCommand = Load | Infer | Unload | StopWorker
 
 
 def _warm_main(conn: mpc.Connection, threads: int) -> None:
@@ -196,27 +231,27 @@ def _warm_main(conn: mpc.Connection, threads: int) -> None:
     runner: Any = None
     while True:
         try:
-            cmd, arg = conn.recv()
+            cmd: WarmCommand = conn.recv()
         except EOFError:
             return
         try:
-            if cmd == "load":
+            if isinstance(cmd, Load):
                 start = time.perf_counter()
-                runner = load_runner(**arg)
-                conn.send(("ok", time.perf_counter() - start))
-            elif cmd == "infer":
-                conn.send(("ok", runner(arg)))
-            elif cmd == "unload":
+                runner = load_runner(cmd.spec_path, cmd.packed, cmd.fused)
+                conn.send(Answer(time.perf_counter() - start))
+            elif isinstance(cmd, Infer):
+                conn.send(Answer(runner(cmd.batch)))
+            elif isinstance(cmd, Unload):
                 runner = None
                 release_freed_memory()
-                conn.send(("ok", None))
-            elif cmd == "stop":
-                conn.send(("ok", None))
+                conn.send(Answer())
+            elif isinstance(cmd, StopWorker):
+                conn.send(Answer())
                 return
             else:
-                conn.send(("error", f"unknown command {cmd!r}"))
+                conn.send(Answer(error=f"unknown command {cmd!r}"))
         except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(Answer(error=f"{type(exc).__name__}: {exc}"))
 
 
 def load_runner(spec_path: str, packed: str | None = None, fused: bool = True) -> Any:
@@ -250,55 +285,36 @@ class WarmWorker:
         self.process.start()
         child.close()
 
-    def _call(self, cmd: str, arg: Any = None, timeout: float = 600.0) -> Any:
-        self._conn.send((cmd, arg))
+    def _call(self, cmd: WarmCommand, timeout: float = 600.0) -> Any:
+        self._conn.send(cmd)
         if not self._conn.poll(timeout):
-            raise ModelLoadError(f"warm worker did not answer '{cmd}' within {timeout:g}s")
-        status, value = self._conn.recv()
-        if status != "ok":
-            raise ModelLoadError(f"warm worker: {value}")
-        return value
+            raise ModelLoadError(f"warm worker did not answer {type(cmd).__name__} within "
+                                 f"{timeout:g}s")
+        answer: Answer = self._conn.recv()
+        if answer.error is not None:
+            raise ModelLoadError(f"warm worker: {answer.error}")
+        return answer.value
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until the worker has finished its imports (a no-op round trip)."""
-        self._call("unload", timeout=timeout)
+        self._call(Unload(), timeout=timeout)
 
     def load(self, spec_path: str | Path, packed: str | Path | None = None, fused: bool = True) -> float:
         """Load in the worker; returns the worker-side load seconds."""
-        arg = {"spec_path": str(spec_path), "packed": str(packed) if packed else None, "fused": fused}
-        return float(self._call("load", arg))
+        return float(self._call(Load(str(spec_path), str(packed) if packed else None, fused)))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._call("infer", batch))
+        return np.asarray(self._call(Infer(batch)))
 
     def unload(self) -> None:
-        self._call("unload")
+        self._call(Unload())
 
     def stop(self) -> None:
         if self.process.is_alive():
             with contextlib.suppress(ModelLoadError, OSError, EOFError):
-                self._call("stop", timeout=10)
+                self._call(StopWorker(), timeout=10)
             self.process.join(10)
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(5)
         self._conn.close()
-
-
-class WarmPool:
-    """Keeps `size` idle pre-imported workers; `take()` hands one out and starts its
-    replacement, so the next load also finds a warm process."""
-
-    def __init__(self, size: int = 1, threads: int = 1) -> None:
-        self.threads = threads
-        self._idle = [WarmWorker(threads) for _ in range(max(1, size))]
-
-    def take(self) -> WarmWorker:
-        worker = self._idle.pop(0)
-        self._idle.append(WarmWorker(self.threads))
-        return worker
-
-    def close(self) -> None:
-        for w in self._idle:
-            w.stop()
-        self._idle.clear()

@@ -54,6 +54,7 @@ from enserve.devices import Device
 from enserve.errors import PlanError
 from enserve.formats.plan import Instance, Plan, Predicted
 from enserve.formats.profile import Profile
+from enserve.plan.highs import quiet_highs
 from enserve.plan.problem import (
     FloatArray,
     IntArray,
@@ -150,8 +151,7 @@ class _ThroughputLP:
         lp.a_matrix_.index_ = np.r_[index, np.arange(m)].astype(np.int32)
         lp.a_matrix_.value_ = np.r_[value, -np.ones(m)]
         lp.sense_ = highspy.ObjSense.kMaximize
-        self._highs = highspy.Highs()
-        self._highs.setOptionValue("output_flag", False)
+        self._highs = quiet_highs()
         self._highs.setOptionValue("threads", 1)
         self._highs.passModel(lp)
         self._k = k

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import highspy
 import numpy as np
 
+from enserve.plan.highs import quiet_highs
 from enserve.plan.problem import EPS, IntArray, Problem
 
 TIME_LIMIT_S = 60.0
@@ -80,8 +81,7 @@ class _Model:
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in self.integer]
         lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = quiet_highs()
         h.setOptionValue("time_limit", float(time_limit))
         h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
         h.setOptionValue("threads", 1)

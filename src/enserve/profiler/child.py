@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from enserve.formats.groups import is_fused_variant
 from enserve.spec import load_spec
@@ -30,7 +30,7 @@ TASK_TIMEOUT_S = 1800.0
 class Task:
     """One child process's job: check a variant, or measure it at one (device, share)."""
 
-    kind: str  # "check" | "measure" | "calibrate"
+    kind: Literal["check", "measure", "calibrate"]
     spec_path: str
     member: str
     variant: str
@@ -44,6 +44,41 @@ class Task:
     use_mps: bool = False
     max_seconds: float = MAX_SECONDS_PER_BATCH
     out: str = ""  # calibrate: where to save the logits (.npy)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A variant's admission check (`VariantCheck.to_dict()` plus `weights_bytes`)."""
+
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One profile entry: a batch size measured at the task's setting."""
+
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The member's logits on the calibration set were saved to `out` (.npy)."""
+
+    out: str
+
+
+@dataclass(frozen=True)
+class ChildError:
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildDone:
+    """The child's last message."""
+
+
+ChildMessage = Checked | Measured | Calibrated | ChildError
+Send = Callable[[ChildMessage], None]
 
 
 def _read_status() -> dict[str, int]:
@@ -120,7 +155,7 @@ def _timed_runs(run: Callable[[], object], repeats: int, warmup: int, max_second
     return times
 
 
-def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
+def _measure(task: Task, send: Send) -> None:
     import gc
 
     import torch
@@ -162,17 +197,17 @@ def _measure(task: Task, send: Callable[[str, Any], None]) -> None:
             memory = int(torch.cuda.max_memory_allocated(task.device))
         else:
             memory = _instance_peak_bytes(start, _read_status())
-        send("entry", {
+        send(Measured({
             "member": task.member, "device": task.device, "batch_size": batch,
             "share": task.share, "variant": task.variant,
             "latency_s": statistics.median(times), "latency_min_s": min(times),
             "repeats": len(times), "memory_bytes": memory,
             "loaded_bytes": max(loaded - base, 0), "process_base_bytes": base,
             "load_average_1min": load_average(),
-        })
+        }))
 
 
-def _check(task: Task, send: Callable[[str, Any], None]) -> None:
+def _check(task: Task, send: Send) -> None:
     from enserve.members import load_member
     from enserve.variants.check import check_variant
     from enserve.variants.load import load_variant
@@ -187,35 +222,37 @@ def _check(task: Task, send: Callable[[str, Any], None]) -> None:
         candidate = load_variant(spec, task.member, task.variant, threads=1, cache_dir=cache_dir)
         weights = candidate.param_bytes()
     except Exception as exc:
-        send("check", {"member": task.member, "variant": task.variant, "admitted": False,
-                       "rel_error": None, "reason": f"failed to build: {exc}",
-                       "weights_bytes": None})
+        send(_not_built(task, exc))
         return
     reference = load_member(spec, task.member, threads=1)
     result = check_variant(spec, task.member, task.variant, candidate=candidate,
                            reference=reference,
                            allow_reduced_precision=task.allow_reduced_precision)
     # Frozen TorchScript inlines its weights as constants: count the reference's instead.
-    send("check", {**result.to_dict(), "weights_bytes": weights or reference.param_bytes()})
+    send(Checked({**result.to_dict(), "weights_bytes": weights or reference.param_bytes()}))
 
 
-def _check_fused(spec: Any, task: Task, send: Callable[[str, Any], None]) -> None:
+def _not_built(task: Task, exc: Exception) -> Checked:
+    return Checked({"member": task.member, "variant": task.variant, "admitted": False,
+                    "rel_error": None, "reason": f"failed to build: {exc}",
+                    "weights_bytes": None})
+
+
+def _check_fused(spec: Any, task: Task, send: Send) -> None:
     from enserve.variants.fused import check_fused_variant, load_fused_variant
 
     try:
         candidate = load_fused_variant(spec, task.member, task.variant, threads=1)
     except Exception as exc:
-        send("check", {"member": task.member, "variant": task.variant, "admitted": False,
-                       "rel_error": None, "reason": f"failed to build: {exc}",
-                       "weights_bytes": None})
+        send(_not_built(task, exc))
         return
     result = check_fused_variant(spec, task.member, task.variant, candidate=candidate)
-    send("check", {**result.to_dict(), "weights_bytes": candidate.param_bytes()})
+    send(Checked({**result.to_dict(), "weights_bytes": candidate.param_bytes()}))
 
 
 def _child_main(task: Task, conn: Connection) -> None:
-    def send(kind: str, payload: Any) -> None:
-        conn.send((kind, payload))
+    def send(msg: ChildMessage | ChildDone) -> None:
+        conn.send(msg)
 
     try:
         _set_up_child(task)
@@ -226,13 +263,13 @@ def _child_main(task: Task, conn: Connection) -> None:
 
             calibrate_in_child(task.spec_path, task.member, task.variant, task.out,
                                int(task.share), task.cache_dir)
-            send("calibrated", task.out)
+            send(Calibrated(task.out))
         else:
             _measure(task, send)
     except BaseException as exc:  # report, never hang the parent
-        send("error", f"{type(exc).__name__}: {exc}")
+        send(ChildError(f"{type(exc).__name__}: {exc}"))
     finally:
-        send("done", None)
+        send(ChildDone())
         conn.close()
 
 
@@ -258,8 +295,7 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def run_task(task: Task, on_message: Callable[[str, Any], None],
-              timeout_s: float = TASK_TIMEOUT_S) -> None:
+def run_task(task: Task, on_message: Send, timeout_s: float = TASK_TIMEOUT_S) -> None:
     """Run one task in a child process, passing its messages on; errors become messages."""
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
@@ -272,17 +308,17 @@ def run_task(task: Task, on_message: Callable[[str, Any], None],
         while not done:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not receive.poll(remaining):
-                on_message("error", f"timed out after {timeout_s:.0f} s")
+                on_message(ChildError(f"timed out after {timeout_s:.0f} s"))
                 break
             try:
-                kind, payload = receive.recv()
+                msg: ChildMessage | ChildDone = receive.recv()
             except EOFError:
-                on_message("error", f"worker exited with code {process.exitcode}")
+                on_message(ChildError(f"worker exited with code {process.exitcode}"))
                 break
-            if kind == "done":
+            if isinstance(msg, ChildDone):
                 done = True
             else:
-                on_message(kind, payload)
+                on_message(msg)
     finally:
         receive.close()
         process.join(timeout=10)

@@ -19,7 +19,16 @@ from enserve.hardware import Hardware, current_hardware
 from enserve.plan.fusion import FUSION_MODES
 from enserve.profiler import accuracy as precision_step
 from enserve.profiler.cache import ResultCache, cpu_model, device_identity
-from enserve.profiler.child import MAX_SECONDS_PER_BATCH, Task, load_average, run_task
+from enserve.profiler.child import (
+    MAX_SECONDS_PER_BATCH,
+    Checked,
+    ChildError,
+    ChildMessage,
+    Measured,
+    Task,
+    load_average,
+    run_task,
+)
 from enserve.profiler.settings import (
     DEFAULT_BATCH_SIZES,
     check_arguments,
@@ -238,12 +247,12 @@ class _RunPlan:
             got: dict[str, Any] = {}
             errors: list[str] = []
 
-            def on_message(kind: str, payload: Any, got: dict[str, Any] = got,
+            def on_message(msg: ChildMessage, got: dict[str, Any] = got,
                            errors: list[str] = errors) -> None:
-                if kind == "check":
-                    got.update(payload)
-                elif kind == "error":
-                    errors.append(str(payload))
+                if isinstance(msg, Checked):
+                    got.update(msg.result)
+                elif isinstance(msg, ChildError):
+                    errors.append(msg.message)
 
             run_task(Task("check", self.spec_file, name, v, cache_dir=str(self.cache.root.parent),
                             allow_reduced_precision=v in REDUCED_PRECISION), on_message)
@@ -291,8 +300,8 @@ class _RunPlan:
                 errors: list[str] = []
                 run_task(Task("calibrate", self.spec_file, member, variant, share=float(cores),
                               cache_dir=str(self.cache.root.parent), out=str(path)),
-                         lambda kind, payload: errors.append(str(payload))
-                         if kind == "error" else None)
+                         lambda msg: errors.append(msg.message)
+                         if isinstance(msg, ChildError) else None)
                 if errors:
                     self.notes.append(f"{member} as {variant}: calibration run failed: "
                                       f"{'; '.join(errors)}")
@@ -354,10 +363,10 @@ class _RunPlan:
             bar.update(task_id, description=f"measuring {task.member} as {task.variant} on "
                                             f"{device.id}, share {task.share:g}")
 
-            def on_message(kind: str, payload: Any, device: Device = device,
+            def on_message(msg: ChildMessage, device: Device = device,
                            weights: int | None = weights, task: Task = task) -> None:
-                if kind == "entry":
-                    entry = dict(payload)
+                if isinstance(msg, Measured):
+                    entry = dict(msg.entry)
                     entry["share"] = _number(entry["share"])
                     if weights is not None:
                         entry["weights_bytes"] = weights
@@ -368,10 +377,10 @@ class _RunPlan:
                     entries.append(entry)
                     self.stats.measured_entries += 1
                     bar.advance(task_id)
-                elif kind == "error":
+                elif isinstance(msg, ChildError):
                     self.stats.errors.append(
                         f"{task.member} as {task.variant} on {device.id} share "
-                        f"{task.share:g}: {payload}")
+                        f"{task.share:g}: {msg.message}")
 
             run_task(task, on_message)
         bar.update(task_id, description=f"measured {len(tasks)} settings")
