@@ -31,6 +31,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from enserve.bench.local_server import start_server
+from enserve.result import validate_inputs
 from enserve.server.backend import ReferenceBackend
 from enserve.spec import load_spec
 
@@ -87,10 +88,11 @@ def p50_ms(fn: Callable[[], object], n: int) -> float:
 
 def in_process_ms(repo: Path, name: str, x: np.ndarray, n: int) -> float:
     backend = ReferenceBackend(load_spec(repo / name), threads=1)
-    inputs = {backend.spec.inputs[0].name: x}
+    inputs = validate_inputs(backend.spec, {backend.spec.inputs[0].name: x})
     loop = asyncio.new_event_loop()
     try:
-        return p50_ms(lambda: loop.run_until_complete(backend.infer(inputs, None)), n)
+        return p50_ms(lambda: loop.run_until_complete(
+            backend.infer(inputs, ["probabilities"], None)), n)
     finally:
         loop.run_until_complete(backend.close())
         loop.close()

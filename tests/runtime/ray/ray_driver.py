@@ -207,7 +207,10 @@ def main() -> None:
         backend = backend_factory("ray", ray_address=None)(spec)
         try:
             x = np.random.default_rng(7).standard_normal((3, *shape)).astype(np.float32)
-            outcome = asyncio.run(backend.infer({spec.inputs[0].name: x}, None))
+            from enserve.result import validate_inputs
+
+            checked = validate_inputs(spec, {spec.inputs[0].name: x})
+            outcome = asyncio.run(backend.infer(checked, ["probabilities"], None))
             out["server_backend_diff"] = float(np.abs(
                 outcome.result.probabilities - reference.infer(x).probabilities).max())
             out["server_backend_nodes"] = sorted({i["node"] for i in backend.stats()["instances"]})
