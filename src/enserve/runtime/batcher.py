@@ -7,6 +7,7 @@ import contextlib
 import math
 import queue
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ class PendingRequest:
     logits: tuple[str, ...] = ()
     deadline: float | None = None
     submitted: float = field(default_factory=time.perf_counter)
+    members: tuple[str, ...] | None = None  # only these members run (None: all)
+    answer_by: float | None = None  # time.monotonic(): answer with the members done by then
+    min_members: int = 1  # fewest members such an answer may combine
 
 
 class RequestQueue:
@@ -68,7 +72,8 @@ class Gatherer:
     The first request waits for the batch; more are added while they fit, without waiting if
     `busy()` says nothing else is in flight (an idle engine answers at once), else for up to
     `max_delay_s` after the first request arrived. A request that would overflow the batch is
-    kept for the next one.
+    kept for the next one. A batch holds requests for one member subset only; requests for
+    another subset are kept (in arrival order) for the batches after it.
     """
 
     def __init__(
@@ -79,14 +84,14 @@ class Gatherer:
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.busy = busy
-        self._carry: PendingRequest | None = None
+        self._carry: deque[PendingRequest] = deque()
+        self.max_carry = max(1, requests.max_requests)
         self.closed = False
 
     def first(self) -> PendingRequest | None:
         """Block for the request that opens the next batch (None once closed and drained)."""
-        if self._carry is not None:
-            carried, self._carry = self._carry, None
-            return carried
+        if self._carry:
+            return self._carry.popleft()
         if self.closed:
             return None
         req = self.requests.get()
@@ -97,8 +102,18 @@ class Gatherer:
     def fill(self, batch: list[PendingRequest]) -> list[PendingRequest]:
         """Add queued requests to `batch` (which holds the first one) until full or due."""
         rows = sum(r.rows for r in batch)
+        key = batch[0].members
+        kept: deque[PendingRequest] = deque()
+        while self._carry:  # requests kept earlier, oldest first
+            held = self._carry.popleft()
+            if held.members == key and rows + held.rows <= self.max_rows:
+                batch.append(held)
+                rows += held.rows
+            else:
+                kept.append(held)
+        self._carry = kept
         deadline = batch[0].submitted + self.max_delay_s
-        while rows < self.max_rows and not self.closed:
+        while rows < self.max_rows and not self.closed and len(self._carry) < self.max_carry:
             wait = deadline - time.perf_counter() if self.busy() else 0.0
             try:
                 req = self.requests.get(timeout=wait) if wait > 0 else self.requests.get_nowait()
@@ -107,8 +122,11 @@ class Gatherer:
             if req is None:
                 self.closed = True
                 break
+            if req.members != key:
+                self._carry.append(req)
+                continue
             if rows + req.rows > self.max_rows:
-                self._carry = req
+                self._carry.append(req)
                 break
             batch.append(req)
             rows += req.rows

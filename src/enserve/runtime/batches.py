@@ -16,13 +16,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 from enserve.combine import RunningCombination
-from enserve.errors import InferenceError, MemberFailedError, UnavailableError
+from enserve.errors import DeadlineError, InferenceError, MemberFailedError, UnavailableError
 from enserve.result import EnsembleResult
 from enserve.runtime.batcher import PendingRequest
 from enserve.runtime.shm import Arena
@@ -43,6 +43,11 @@ class Batch:
     started: float = field(default_factory=time.perf_counter)
     running: RunningCombination | None = None  # members folded in as they answer
     member_s: dict[str, float] = field(default_factory=dict)  # member -> seconds until done
+    members: tuple[str, ...] = ()  # the members this batch runs (a request's subset, or all)
+    subset: bool = False  # True when `members` is not every member
+    task_deadline: float | None = None  # workers skip this batch's tasks not started by then
+    answered: set[int] = field(default_factory=set)  # requests answered at their deadline
+    closed: bool = False  # every request answered: late chunks only free the slot
 
 
 @dataclass
@@ -90,14 +95,25 @@ class BatchBook:
         self.inflight = 0
         self.ids = itertools.count()
         self.outputs: Arena | None = None  # created once the first worker tells its shape
+        self.policy_counts = {"partial_answers": 0, "deadline_failures": 0}
+        self.late_tasks: dict[str, int] = {}  # unit -> tasks finished after their answer
+        self.skipped_tasks: dict[str, int] = {}  # unit -> tasks dropped at their deadline
 
     # ----------------------------------------------------------------- opening
     def open(self, slot: int, requests: list[PendingRequest]) -> Batch:
         """Register a batch of `requests` (their rows already written into `slot`)."""
         rows = sum(r.rows for r in requests)
-        batch = Batch(next(self.ids), slot, requests, rows, {u: rows for u in self.units},
-                      running=RunningCombination(self.spec.combiner, self.weights,
-                                                 len(self.member_names)))
+        subset = requests[0].members  # the gatherer batches one member subset at a time
+        members = subset or tuple(self.member_names)
+        units = ([u for u, covered in self.units.items() if set(covered) & set(members)]
+                 if subset else list(self.units))
+        weights = [self.weights[self.member_names.index(m)] for m in members]
+        due = [r.answer_by for r in requests]
+        batch = Batch(next(self.ids), slot, requests, rows, {u: rows for u in units},
+                      running=RunningCombination(self.spec.combiner, weights, len(members)),
+                      members=members, subset=subset is not None,
+                      task_deadline=(max(d for d in due if d is not None)
+                                     if all(d is not None for d in due) else None))
         self.batches[batch.batch_id] = batch
         self.inflight += 1
         self.counters.batches += 1
@@ -113,6 +129,11 @@ class BatchBook:
         """Count a chunk's rows as answered: (its unit has answered every row of the batch,
         every unit has); retires the batch when it was failed meanwhile."""
         batch = chunk.batch
+        if batch.closed:  # answered at its deadline without this unit: late work
+            self.late_tasks[chunk.member] = self.late_tasks.get(chunk.member, 0) + 1
+            batch.outstanding -= 1
+            self.maybe_retire(batch)
+            return False, False
         batch.remaining[chunk.member] -= chunk.rows
         batch.outstanding -= 1
         unit_done = batch.error is None and batch.remaining[chunk.member] == 0
@@ -131,8 +152,11 @@ class BatchBook:
         assert self.outputs is not None and batch.running is not None
         try:
             for member in self.units[unit]:
+                if member not in batch.members:
+                    continue  # a fused group computing more than the batch asked for
                 i = self.member_names.index(member)
-                batch.running.add(i, self.outputs.view(output_field(i), batch.slot)[:batch.rows])
+                batch.running.add(batch.members.index(member),
+                                  self.outputs.view(output_field(i), batch.slot)[:batch.rows])
         except Exception as exc:
             with self.changed:
                 self.fail(batch, f"combiner failed: {exc}")
@@ -149,20 +173,92 @@ class BatchBook:
             return
         now, offset = time.perf_counter(), 0
         with self.changed:
-            for r in batch.requests:
+            for index, r in enumerate(batch.requests):
                 rows = slice(offset, offset + r.rows)
                 offset += r.rows
-                logits = {m: self.outputs.view(output_field(self.member_names.index(m)),
-                                               batch.slot)[rows].copy()
-                          for m in r.logits}
+                if index in batch.answered:
+                    continue
+                logits = self._logits(batch, r, rows, batch.members)
                 result = EnsembleResult(probs[rows], agree[rows], logits,
                                         member_s=dict(batch.member_s),
-                                        queue_s=max(0.0, batch.started - r.submitted))
+                                        queue_s=max(0.0, batch.started - r.submitted),
+                                        members=batch.members if batch.subset else None)
                 with contextlib.suppress(InvalidStateError):
                     r.future.set_result(result)
                 self.counters.completed += 1
                 self.counters.latencies.append(now - r.submitted)
+            batch.closed = True
             self.maybe_retire(batch)
+
+    def _logits(self, batch: Batch, request: PendingRequest, rows: slice,
+                members: Sequence[str]) -> dict[str, Any]:
+        """Copies of the logits the request asked for, of the members in `members`."""
+        assert self.outputs is not None
+        return {m: self.outputs.view(output_field(self.member_names.index(m)),
+                                     batch.slot)[rows].copy()
+                for m in request.logits if m in members}
+
+    # ----------------------------------------------------------------- deadlines
+    def expire(self, now: float) -> float | None:
+        """Answer the requests whose `answer_by` has come: with the members folded in so
+        far if at least `min_members` are, else DeadlineError. A batch whose requests are
+        all answered is closed: its waiting chunks are dropped and its slot freed once the
+        chunks already running return. Returns the next `answer_by` still pending (the
+        collector thread, lock held: it also folds, so the combination is not moving)."""
+        due: float | None = None
+        for batch in list(self.batches.values()):
+            if batch.error is not None or batch.closed or batch.running is None:
+                continue
+            offset = 0
+            for index, r in enumerate(batch.requests):
+                rows = slice(offset, offset + r.rows)
+                offset += r.rows
+                if index in batch.answered or r.answer_by is None:
+                    continue
+                if r.answer_by > now:
+                    due = r.answer_by if due is None else min(due, r.answer_by)
+                    continue
+                self._answer_at_deadline(batch, r, rows)
+                batch.answered.add(index)
+            if len(batch.answered) == len(batch.requests):
+                batch.closed = True
+                for unit, backlog in self.backlog.items():
+                    keep = deque(c for c in backlog if c.batch is not batch)
+                    batch.outstanding -= len(backlog) - len(keep)
+                    self.skipped_tasks[unit] = (self.skipped_tasks.get(unit, 0)
+                                                + len(backlog) - len(keep))
+                    self.backlog[unit] = keep
+                self.maybe_retire(batch)
+        return due
+
+    def _answer_at_deadline(self, batch: Batch, r: PendingRequest, rows: slice) -> None:
+        assert batch.running is not None
+        done = tuple(batch.members[i] for i in sorted(batch.running.member_top1))
+        need = min(r.min_members, len(batch.members))
+        if len(done) < need:
+            error = DeadlineError(
+                f"deadline passed with {len(done)} of {len(batch.members)} members answered "
+                f"({', '.join(done) or 'none'}); min_members is {r.min_members}")
+            if fail_future(r.future, error):
+                self.counters.failed += 1
+                self.policy_counts["deadline_failures"] += 1
+            return
+        probs, agree = batch.running.partial()
+        result = EnsembleResult(probs[rows], agree[rows], self._logits(batch, r, rows, done),
+                                member_s={m: s for m, s in batch.member_s.items() if m in done},
+                                queue_s=max(0.0, batch.started - r.submitted), members=done)
+        with contextlib.suppress(InvalidStateError):
+            r.future.set_result(result)
+            self.counters.completed += 1
+            self.counters.latencies.append(time.perf_counter() - r.submitted)
+            if len(done) < len(batch.members):
+                self.policy_counts["partial_answers"] += 1
+
+    def skip(self, chunk: Chunk) -> None:
+        """A chunk its worker dropped because the batch's deadline had passed."""
+        self.skipped_tasks[chunk.member] = self.skipped_tasks.get(chunk.member, 0) + 1
+        chunk.batch.outstanding -= 1
+        self.maybe_retire(chunk.batch)
 
     # ----------------------------------------------------------------- failures
     def fail(self, batch: Batch, message: str,
@@ -207,7 +303,7 @@ class BatchBook:
         """Free the batch's slot once no chunk of it can still touch the arenas."""
         if batch.outstanding > 0 or batch.batch_id not in self.batches:
             return
-        if batch.error is None and any(batch.remaining.values()):
+        if batch.error is None and not batch.closed and any(batch.remaining.values()):
             return
         del self.batches[batch.batch_id]
         self.inflight -= 1

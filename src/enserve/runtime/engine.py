@@ -45,6 +45,7 @@ from enserve.errors import (
 )
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
+from enserve.members.slowed import slow_members
 from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows, fail_expired
 from enserve.runtime.batches import BatchBook, Chunk, fail_future
@@ -131,6 +132,9 @@ class Engine:
             self._by_unit[h.cfg.member].append(h)
         self._member_names = [m.name for m in self.spec.members]
         self._outputs_known = output_names(self.spec)
+        slow = slow_members()  # test hook: ENSERVE_SLOW_MEMBERS
+        self._delays = {u: max((slow.get(m, 0.0) for m in covered), default=0.0)
+                        for u, covered in self.units.items()}
         self._ctx = worker_context(start_method)
         self._exclusive_cores = exclusive_cores and pin
         self._lock_dir: str | None = None
@@ -214,7 +218,10 @@ class Engine:
     # ----------------------------------------------------------------- requests
     def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
                outputs: Sequence[str] | None = None,
-               deadline: float | None = None) -> Future[EnsembleResult]:
+               deadline: float | None = None, *,
+               members: Sequence[str] | None = None,
+               answer_by: float | None = None,
+               min_members: int = 1) -> Future[EnsembleResult]:
         """Queue one request batch; the future resolves to its EnsembleResult.
 
         `outputs`: the output names wanted (None: all); a member's logits are copied out of
@@ -222,11 +229,17 @@ class Engine:
         (`time.monotonic()`): a request whose batch has not started by then fails with
         DeadlineError without running. Inputs already checked by `validate_inputs`
         (a `ValidInputs`) are not checked again. Raises InferenceError for bad inputs or a
-        stopped engine, OverloadedError when the queue is full."""
+        stopped engine, OverloadedError when the queue is full.
+
+        `members`: run and combine only these (batched apart from other subsets; the result
+        names them in `members`). `answer_by` (`time.monotonic()`): answer then with the
+        members done if at least `min_members` are (`result.members` names them), else fail
+        with DeadlineError; work not started by then is dropped."""
         if self._state != "running":
             raise UnavailableError(f"engine is {self._state}, not accepting requests")
+        subset = self._subset(members, min_members)
         if outputs is None:
-            logits = tuple(self._member_names)
+            logits = subset or tuple(self._member_names)
         else:
             unknown = sorted(set(outputs) - set(self._outputs_known))
             if unknown:
@@ -239,8 +252,13 @@ class Engine:
                 raise InferenceError(f"batch {inputs.rows} exceeds the limit {self.max_batch}")
         else:
             arrays = validate_inputs(self.spec, inputs, max_batch=self.max_batch)
+        if subset is not None:
+            logits = tuple(m for m in logits if m in subset)
+        if answer_by is not None:
+            deadline = answer_by if deadline is None else min(deadline, answer_by)
         future: Future[EnsembleResult] = Future()
-        request = PendingRequest(arrays, arrays.rows, future, logits, deadline)
+        request = PendingRequest(arrays, arrays.rows, future, logits, deadline, members=subset,
+                                 answer_by=answer_by, min_members=min_members)
         if self._launch_now(request):
             return future
         try:
@@ -253,8 +271,29 @@ class Engine:
 
     async def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
                     outputs: Sequence[str] | None = None,
-                    deadline: float | None = None) -> EnsembleResult:
-        return await asyncio.wrap_future(self.submit(inputs, outputs, deadline))
+                    deadline: float | None = None, *,
+                    members: Sequence[str] | None = None,
+                    answer_by: float | None = None,
+                    min_members: int = 1) -> EnsembleResult:
+        return await asyncio.wrap_future(self.submit(
+            inputs, outputs, deadline, members=members, answer_by=answer_by,
+            min_members=min_members))
+
+    def _subset(self, members: Sequence[str] | None, min_members: int) -> tuple[str, ...] | None:
+        """The members asked for in spec order (None: all of them); InferenceError if bad."""
+        chosen: tuple[str, ...] | None = None
+        if members is not None:
+            unknown = sorted(set(members) - set(self._member_names))
+            if unknown or not members:
+                raise InferenceError(f"unknown member(s) {unknown}; '{self.spec.name}' has "
+                                     f"{self._member_names}" if unknown else "no members asked for")
+            chosen = tuple(m for m in self._member_names if m in set(members))
+            if len(chosen) == len(self._member_names):
+                chosen = None  # every member: batched with plain requests
+        available = len(chosen) if chosen is not None else len(self._member_names)
+        if not 1 <= min_members <= available:
+            raise InferenceError(f"min_members must be in [1, {available}], got {min_members}")
+        return chosen
 
     def infer_sync(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
                    outputs: Sequence[str] | None = None,
@@ -329,6 +368,9 @@ class Engine:
                 "restarts": sum(i["restarts"] for i in instances),
                 "members": member_summary(instances),
                 "instances": instances,
+                **self._book.policy_counts,
+                "late_tasks": dict(self._book.late_tasks),
+                "skipped_tasks": dict(self._book.skipped_tasks),
             }
 
     def reset_stats(self) -> None:
@@ -447,7 +489,9 @@ class Engine:
             offset += r.rows
         with self._lock:
             batch = self._book.open(slot, requests)
-            for unit in self.units:
+            if batch.task_deadline is not None or any(r.answer_by for r in requests):
+                os.write(self._wake_w, b"x")  # the collector's next wake-up may come sooner
+            for unit in list(batch.remaining):
                 handles = self._by_unit[unit]
                 usable = [h for h in handles if h.state == "ready"] or handles
                 size = max(h.cfg.batch_size for h in handles)
@@ -465,7 +509,8 @@ class Engine:
                 h.last_progress = time.perf_counter()
             h.inflight[chunk.task_id] = chunk
             h.outstanding_rows += chunk.rows
-            h.send(Task(chunk.task_id, chunk.batch.slot, chunk.start, chunk.stop))
+            h.send(Task(chunk.task_id, chunk.batch.slot, chunk.start, chunk.stop,
+                        chunk.batch.task_deadline, self._delays.get(chunk.member, 0.0)))
             return  # a failed send means the worker died: the collector reassigns it
         if any(h.state == "starting" for h in handles):
             chunk.parked_at = time.monotonic()
@@ -505,7 +550,9 @@ class Engine:
             conns = {h.conn: h for h in self._handles if h.conn is not None}
             sentinels = {h.process.sentinel: h for h in self._handles
                          if h.process is not None and not h.sentinel_lost}
-        ready = wait([self._wake_r, *conns, *sentinels], timeout=0.25)
+            due = self._book.expire(time.monotonic())
+        timeout = 0.25 if due is None else min(0.25, max(0.0, due - time.monotonic()))
+        ready = wait([self._wake_r, *conns, *sentinels], timeout=timeout)
         for obj in ready:
             if obj == self._wake_r:
                 with contextlib.suppress(OSError):
@@ -524,6 +571,8 @@ class Engine:
                         h.sentinel_lost = True
                     else:
                         self._faults.on_death(h)
+        with self._changed:
+            self._book.expire(time.monotonic())
         self._faults.kill_hung()
         self._faults.revive_due()
 
@@ -564,6 +613,9 @@ class Engine:
                 return
             h.last_progress = time.perf_counter()
             h.outstanding_rows -= chunk.rows
+            if msg.skipped:
+                self._book.skip(chunk)
+                return
             s = h.stats
             s.tasks += 1
             s.rows += chunk.rows

@@ -16,6 +16,8 @@ class Task:
     slot: int
     start: int
     stop: int
+    deadline: float | None = None  # time.monotonic(): a task not started by then is skipped
+    delay_s: float = 0.0  # test hook (ENSERVE_SLOW_MEMBERS): sleep this long first
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Done:
     task_id: int
     compute_s: float
     wait_s: float
+    skipped: bool = False  # the task's deadline had passed: nothing was computed
 
 
 @dataclass(frozen=True)

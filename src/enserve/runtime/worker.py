@@ -184,6 +184,14 @@ def _serve(
             return
         if isinstance(msg, Task):
             queued = time.perf_counter()
+            if msg.deadline is not None and time.monotonic() > msg.deadline:
+                try:  # its answer is no longer waited for: drop it, don't queue behind it
+                    conn.send(Done(msg.task_id, 0.0, 0.0, skipped=True))
+                except OSError:
+                    return
+                continue
+            if msg.delay_s > 0:
+                time.sleep(msg.delay_s)
             try:
                 if outputs is None:
                     raise RuntimeError("output arena not attached")

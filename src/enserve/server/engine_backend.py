@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from enserve.formats.plan import Plan, load_plan
 from enserve.formats.profile import Profile, load_profile
@@ -70,6 +72,19 @@ class EngineBackend:
 
     def member_health(self) -> dict[str, tuple[bool, int]]:
         return self.engine.member_health()
+
+    async def infer_members(self, inputs: Mapping[str, np.ndarray], members: Sequence[str],
+                            answer_by: float | None = None, min_members: int = 1) -> Outcome:
+        """Only `members` (their logits included); with `answer_by`, the engine answers then
+        with the members done (see `Engine.submit`)."""
+        started = time.perf_counter()
+        result = await self.engine.infer(inputs, [f"logits_{m}" for m in members],
+                                         members=members, answer_by=answer_by,
+                                         min_members=min_members)
+        total = time.perf_counter() - started
+        return Outcome(result, Timing(queue_s=result.queue_s,
+                                      compute_s=max(0.0, total - result.queue_s),
+                                      member_s=dict(result.member_s)))
 
     def stats(self) -> dict[str, Any]:
         return {**self.engine.stats(), "predicted_throughput": self.engine.predicted_throughput}
