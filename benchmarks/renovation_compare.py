@@ -6,7 +6,8 @@ new code, on the digits ensemble and a tiny two-member ensemble.
         [--concurrency 8] [--rounds 2] [--out benchmarks/results/renovation-compare.json]
 
 The old code is the `--before` commit exported with `git archive` into a temporary folder
-(no checkout is touched); each measurement runs in a fresh Python process with that tree's
+(no checkout is touched; each version reads its own `examples/digits`, the spec format
+grew since); each measurement runs in a fresh Python process with that tree's
 `src/` first on `PYTHONPATH`, so both versions are measured by the same driver code. Old
 and new alternate within each round (order flipped every round) so drift in the machine's
 load hits both alike. Bounded: about (4 targets x 2 versions x rounds) x (duration + start).
@@ -55,7 +56,7 @@ TINY_SPEC = textwrap.dedent('''
 
 # Runs in a child process against one version's `src/`; prints one JSON line.
 DRIVER = textwrap.dedent('''
-    import asyncio, json, os, signal, subprocess, sys, tempfile, threading, time
+    import asyncio, json, os, shutil, signal, subprocess, sys, tempfile, threading, time
     from pathlib import Path
 
     import numpy as np
@@ -107,13 +108,20 @@ DRIVER = textwrap.dedent('''
         with tempfile.TemporaryDirectory() as tmp:
             repo = Path(tmp) / "repo"
             repo.mkdir()
-            os.symlink(Path(spec_dir).resolve(), repo / spec.name)
+            shutil.copytree(spec_dir, repo / spec.name)
+            extra = []
+            try:  # a plan shipped in the folder is used as it is (newer versions only)
+                import enserve.plan_policy  # noqa: F401
+                extra = ["--plan-policy", "reuse"]
+            except ImportError:
+                pass
             port_file = Path(tmp) / "ports.json"
             log = open(Path(tmp) / "server.log", "wb")
             server = subprocess.Popen(
                 [sys.executable, "-m", "enserve.cli", "serve", str(repo), "--backend", "engine",
                  "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-                 "--port-file", str(port_file), "--log-level", "warning", "--model", spec.name],
+                 "--port-file", str(port_file), "--log-level", "warning", "--model", spec.name,
+                 *extra],
                 stdout=log, stderr=subprocess.STDOUT)
             try:
                 deadline = time.monotonic() + 300
@@ -147,6 +155,8 @@ DRIVER = textwrap.dedent('''
                     t.start()
                 for t in threads:
                     t.join()
+                if not out:
+                    raise RuntimeError("no answers: " + (Path(tmp) / "server.log").read_text()[-2000:])
                 return summary(out, time.perf_counter() - warm)
             finally:
                 server.send_signal(signal.SIGTERM)
@@ -170,7 +180,7 @@ def export_tree(commit: str, into: Path) -> Path:
 
 def measure(src: Path, target: str, spec_dir: Path, duration: float, concurrency: int,
             timeout_s: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    env = {**os.environ, "PYTHONPATH": str(src), "ENSERVE_TRUSTED_CODE": "*"}
     done = subprocess.run([sys.executable, "-c", DRIVER, target, str(spec_dir), str(duration),
                            str(concurrency)], capture_output=True, text=True, env=env,
                           timeout=timeout_s, cwd=src.parent)
@@ -201,15 +211,18 @@ def main() -> int:
         (tiny / "models.py").write_text(TINY_MODELS)
         (tiny / "ensemble.yaml").write_text(TINY_SPEC)
         versions = {"before": old_root / "src", "after": ROOT / "src"}
-        ensembles = {"digits": ROOT / "examples" / "digits", "tiny": tiny}
+        # each version reads its own digits spec (the spec format grew since)
+        ensembles = {"digits": {"before": old_root / "examples" / "digits",
+                                "after": ROOT / "examples" / "digits"},
+                     "tiny": {"before": tiny, "after": tiny}}
         runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         timeout = args.duration + 360
         for r in range(args.rounds):
             order = list(versions) if r % 2 == 0 else list(reversed(versions))
-            for ens, spec_dir in ensembles.items():
+            for ens, spec_dirs in ensembles.items():
                 for target in ("engine", "server"):
                     for version in order:
-                        got = measure(versions[version], target, spec_dir, args.duration,
+                        got = measure(versions[version], target, spec_dirs[version], args.duration,
                                       args.concurrency, timeout)
                         runs.setdefault((ens, target, version), []).append(got)
                         print(f"round {r + 1} {ens:<7} {target:<7} {version:<7} "
