@@ -214,6 +214,7 @@ def pgroup(workdir: Path, runs: int = 3) -> dict[str, Any]:
         wait_ready(server)
         with Load(server) as load:
             time.sleep(2)
+            own_workers = workers(server)
             sent = time.monotonic()
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -222,13 +223,26 @@ def pgroup(workdir: Path, runs: int = 3) -> dict[str, Any]:
                 process.kill()
                 code = None
             stopped_s = time.monotonic() - sent
-        leftovers = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == PROCESS_NAME
-                     and p.ppid() in (1, process.pid)]
-        results.append({"stop_s": stopped_s, "exit_code": code, "leftover_workers": leftovers,
+        results.append({"stop_s": stopped_s, "exit_code": code,
+                        "workers_alive_5s_after_exit": _still_alive(own_workers, 5.0),
                         **load.summary()})
     return {"scenario": "pgroup", "runs": results,
             "hung": sum(r["hung"] for r in results), "lost": sum(r["lost"] for r in results),
             "max_stop_s": max(r["stop_s"] for r in results)}
+
+
+def _still_alive(processes: list[psutil.Process], grace_s: float) -> list[int]:
+    """PIDs of `processes` still running (not zombies) after waiting up to `grace_s`."""
+    until = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for p in processes:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p.pid)
+        if not alive or time.monotonic() >= until:
+            return alive
+        time.sleep(0.1)
 
 
 def _mutate(data: bytes, rng: random.Random) -> bytes:

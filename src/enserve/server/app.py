@@ -1,8 +1,9 @@
 """Run the whole server: HTTP, gRPC and metrics listeners over one DataPlane, one event loop.
 
-`EnserveServer(config).run()` blocks until SIGINT/SIGTERM, then drains: new requests are
-refused with 503, admitted ones finish (bounded by `Limits.drain_timeout_s`), listeners
-close, backends are released.
+`EnserveServer(config).run()` blocks until SIGINT/SIGTERM, then drains: the HTTP listeners
+stop accepting connections, requests on open ones are refused with 503 and every answer
+carries `Connection: close`, admitted ones finish (bounded by `Limits.drain_timeout_s`),
+idle connections get `IDLE_GRACE_S` to send a last request, then backends are released.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from fastapi import FastAPI
 
 from enserve.errors import EnserveError
 from enserve.runtime.scratch import enter_scratch
-from enserve.server.connections import ConnectionLimits, guarded_protocol
+from enserve.server.connections import (
+    ConnectionLimits,
+    begin_drain,
+    connections_closed,
+    guarded_protocol,
+)
 from enserve.server.dashboard import add_dashboard
 from enserve.server.dataplane import DataPlane
 from enserve.server.grpc import build_grpc_server
@@ -32,6 +38,9 @@ from enserve.server.limits import Limits
 from enserve.server.repository import BackendFactory, BudgetedRepository, ModelRepository
 
 log = logging.getLogger("enserve.server")
+IDLE_GRACE_S = 1.0
+"""Draining: how long an idle keep-alive connection may still send a request (answered 503
+with `Connection: close`) before the server closes it."""
 
 
 @dataclass
@@ -197,9 +206,15 @@ class EnserveServer:
         self._stop.set()
 
     async def stop(self) -> None:
-        """Drain: refuse new requests, finish admitted ones, close listeners and backends."""
+        """Drain: close listeners, refuse new requests (503 and `Connection: close`), finish
+        admitted ones, let idle connections go, close backends."""
+        self.plane.admission.draining = True
+        servers = [server for server, _ in self._http]
+        for server in servers:
+            begin_drain(server)
         await self.plane.drain()
-        for server, _ in self._http:
+        await connections_closed(servers, IDLE_GRACE_S)
+        for server in servers:
             server.should_exit = True
         if self._grpc is not None:
             await self._grpc.stop(grace=self.config.limits.drain_timeout_s)

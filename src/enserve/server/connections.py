@@ -6,7 +6,10 @@
 - a request body must keep arriving: no gap longer than `body_timeout_s` while the server
   is reading it (else 408 and close);
 - at most `max_connections` connections are open at once (more get 503 and are closed);
-- HTTP/0.9 (a request line without a version) is refused with 400.
+- HTTP/0.9 (a request line without a version) is refused with 400;
+- once the server drains (`begin_drain`), every response closes its connection
+  (`Connection: close`), so a client never sends on a keep-alive connection the server is
+  about to close: each request that reaches the server gets an answer.
 
 The body-bytes budget (admission before a body is read) lives in `server/http.py`, where
 the request's declared size is known.
@@ -46,6 +49,28 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     return GuardedProtocol
 
 
+def begin_drain(server: Any) -> int:
+    """Stop a uvicorn `server` from accepting connections and make each open one close after
+    its next response; returns how many connections are open."""
+    for listener in getattr(server, "servers", []):
+        listener.close()
+    connections = list(server.server_state.connections)
+    for connection in connections:
+        if isinstance(connection, _Guarded):
+            connection.begin_drain()
+    return len(connections)
+
+
+async def connections_closed(servers: list[Any], timeout_s: float) -> None:
+    """Wait (at most `timeout_s`) until no connection of `servers` is open: draining clients
+    have each had their last answer, with `Connection: close`."""
+    until = asyncio.get_running_loop().time() + timeout_s
+    while any(s.server_state.connections for s in servers):
+        if asyncio.get_running_loop().time() >= until:
+            return
+        await asyncio.sleep(0.02)
+
+
 class _Guarded(HttpToolsProtocol):
     limits = ConnectionLimits()
 
@@ -57,6 +82,7 @@ class _Guarded(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._reading_body = False
         self._refused = False
+        self._draining = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -100,6 +126,8 @@ class _Guarded(HttpToolsProtocol):
             self._refuse(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
             return
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
         self._reading_body = True
         self._arm_body_timer()
 
@@ -115,6 +143,13 @@ class _Guarded(HttpToolsProtocol):
         if self._refused:
             return
         super().on_message_complete()
+
+    # --- shutdown -----------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """From now on, close the connection after each response (the one in progress too)."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
 
     # --- timers -------------------------------------------------------------------------
     def _arm_header_timer(self) -> None:
