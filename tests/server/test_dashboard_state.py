@@ -187,3 +187,28 @@ def test_callers_share_one_snapshot_within_reuse_s(tmp_path: Path) -> None:
     assert "reused" in second.headers["server-timing"] and second.content == first.content
     assert "reused" not in other.headers["server-timing"]
     assert first.json()["ensembles"] == [] and first.json()["residency"]["models"] == []
+
+
+def test_refusals_before_the_data_plane_are_counted_by_reason(server: RunningServer) -> None:
+    """Bad JSON, a bad binary header and an undecodable gRPC message never reach `infer`;
+    they still count in `enserve_request_failures_total`, which the dashboard's errors show."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    key = ("enserve_request_failures_total", (("model", "tiny"), ("reason", "bad_request")))
+    with httpx.Client(base_url=f"http://{server.http_url}", timeout=30) as client:
+        before = _metrics(client.get("/metrics").text).get(key, 0.0)
+        assert client.post("/v2/models/tiny/infer", content=b"{not json").status_code == 400
+        assert client.post("/v2/models/tiny/infer", content=b"{}",
+                           headers={"Inference-Header-Content-Length": "-3"}).status_code == 400
+        request = pb.ModelInferRequest(model_name="tiny")
+        request.inputs.add(name="x", datatype="FP32", shape=[2, 6])  # no raw_input_contents for it
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                        request_serializer=pb.ModelInferRequest.SerializeToString,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            with pytest.raises(grpc.RpcError) as refused:
+                infer(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        after = _metrics(client.get("/metrics").text)[key]
+    assert after == before + 3

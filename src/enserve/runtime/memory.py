@@ -10,10 +10,15 @@ the pages only one process holds. Read from `/proc/<pid>/smaps_rollup` through p
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Generic, TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,3 +97,43 @@ def mapping_memory(pid: int, path: str) -> tuple[int, int]:
             elif inside and head[0] == "Pss:":
                 pss += int(head[1]) * 1024
     return rss, pss
+
+
+class Sampled(Generic[T]):
+    """A reading too costly to take on demand (the smaps of a process tree cost ~100 ms),
+    refreshed in a background thread at most every `every_s` seconds. `get()` never waits
+    for a refresh: it returns the latest reading and, when that is stale, starts one; only
+    the very first reading is taken on the caller's thread."""
+
+    def __init__(self, read: Callable[[], T], every_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self.every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._latest: tuple[float, T] | None = None
+        self._refreshing = False
+
+    def get(self) -> T:
+        with self._lock:
+            latest = self._latest
+            if latest is not None and self._clock() - latest[0] >= self.every_s and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="enserve-sampled", daemon=True).start()
+        if latest is None:
+            value = self._read()
+            with self._lock:
+                self._latest = (self._clock(), value)
+            return value
+        return latest[1]
+
+    def _refresh(self) -> None:
+        try:
+            value = self._read()
+            with self._lock:
+                self._latest = (self._clock(), value)
+        except Exception:  # a failed reading keeps the last one; the next get() retries
+            pass
+        finally:
+            with self._lock:
+                self._refreshing = False

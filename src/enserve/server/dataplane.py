@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,16 @@ class DataPlane:
             return await self._infer_request(request)
         except Exception as exc:
             self._count_failure(request.model_name, as_server_error(exc))
+            raise
+
+    @contextlib.contextmanager
+    def refusals_counted(self, model: str) -> Iterator[None]:
+        """Count what an adapter refuses before the request reaches `infer` (overload, bad
+        headers, a body over its limit, undecodable tensors) with the data plane's failures."""
+        try:
+            yield
+        except Exception as exc:
+            self._count_failure(model, as_server_error(exc))
             raise
 
     def _count_failure(self, model: str, error: ServerError) -> None:

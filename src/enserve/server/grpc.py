@@ -160,7 +160,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async def action() -> pb.ModelInferResponse:
-            infer_request = decode_request(request, self.plane.limits)
+            with self.plane.refusals_counted(request.model_name):
+                infer_request = decode_request(request, self.plane.limits)
             remaining = context.time_remaining()
             if remaining is not None:
                 infer_request.deadline = time.monotonic() + remaining

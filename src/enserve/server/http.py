@@ -176,12 +176,14 @@ def build_app(plane: DataPlane) -> FastAPI:
     @app.post("/v2/models/{model}/versions/{version}/infer",
               openapi_extra=openapi.body(openapi.INFER_REQUEST))
     async def infer(model: str, request: Request, version: str = "") -> Response:
-        header_length = _header_length(request.headers.get(HEADER_LENGTH))
-        plane.admission.check()  # refuse an overloaded or draining server before reading the body
+        with plane.refusals_counted(model):
+            header_length = _header_length(request.headers.get(HEADER_LENGTH))
+            plane.admission.check()  # refuse an overloaded or draining server before reading the body
         with plane.body_budget.hold() as hold:
-            body = await read_body(request, limit, hold)
-            infer_request = await plane.decoder.decode(model, version, body, header_length,
-                                                       plane.limits)
+            with plane.refusals_counted(model):
+                body = await read_body(request, limit, hold)
+                infer_request = await plane.decoder.decode(model, version, body, header_length,
+                                                           plane.limits)
             response = await plane.infer(infer_request)
             if len(body) > OFFLOAD_BYTES or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
                 payload, json_length = await asyncio.to_thread(encode_infer_response, response, infer_request)

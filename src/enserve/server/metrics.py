@@ -9,18 +9,15 @@ for the slowest member) and combine time.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from enserve.runtime.memory import Sampled, TreeMemory, tree_memory
 from enserve.server.backend import Timing
 from enserve.server.stats import ModelStats, StatsBook
-
-if TYPE_CHECKING:
-    from enserve.runtime.memory import TreeMemory
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -197,26 +194,14 @@ def _swap_lines(swap: Any) -> list[str]:
     return lines
 
 
-_TREE_MEMORY_TTL_S = 5.0
-_tree_memory_cache: list[tuple[float, TreeMemory]] = []  # [(monotonic time, TreeMemory)] at most one entry
-
-
-def _cached_tree_memory() -> TreeMemory:
-    """The process tree's memory, read at most every `_TREE_MEMORY_TTL_S` seconds: PSS comes
-    from every process's smaps, which costs ~150 ms for a digits server, too much per scrape."""
-    from enserve.runtime.memory import tree_memory
-
-    now = time.monotonic()
-    if _tree_memory_cache and now - _tree_memory_cache[0][0] < _TREE_MEMORY_TTL_S:
-        return _tree_memory_cache[0][1]
-    tree = tree_memory()
-    _tree_memory_cache[:] = [(now, tree)]
-    return tree
+# PSS comes from every process's smaps (~100-150 ms for a digits server): read in the
+# background at most every 5 s, never on the event loop's request path.
+_TREE_MEMORY: Sampled[TreeMemory] = Sampled(tree_memory, every_s=5.0)
 
 
 def _tree_lines() -> list[str]:
     """Memory of the server's whole process tree (server, fork servers, workers)."""
-    tree = _cached_tree_memory()
+    tree = _TREE_MEMORY.get()
     lines = _family("enserve_process_tree_processes", "Processes in the server's process tree",
                     "gauge", [("", float(tree.processes))])
     for kind, text in (("rss", "resident set size (shared pages counted once per process)"),

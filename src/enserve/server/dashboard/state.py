@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import enserve
+from enserve.runtime.memory import Sampled
 from enserve.server.dashboard.history import History, Scrape, Window
 from enserve.server.dashboard.promtext import Samples, parse
 
@@ -38,7 +39,10 @@ class DashboardState:
         self.history = History(window_s)
         self.started = clock()
         self._seen_resident: set[str] = set()
+        self._memory: dict[str, tuple[object, Sampled[int]]] = {}  # name -> (backend, its reading)
         self.history.add(self._scrape())  # the server's start: the base of `window=0`
+        for entry in plane.repository.loaded():  # first memory readings now, not in a refresh
+            self._backend_memory(entry.name, entry.backend)
 
     def _scrape(self) -> Scrape:
         return Scrape(self.clock(), parse(self.plane.metrics.render().decode()))
@@ -50,6 +54,8 @@ class DashboardState:
         self.history.add(now)
         samples = now.samples
         loaded = {e.name: e for e in self.plane.repository.loaded()}
+        for gone in self._memory.keys() - loaded.keys():
+            del self._memory[gone]
         backend_stats = {name: self.plane.backend_stats.of(e.backend) for name, e in loaded.items()}
         index = self.plane.repository.index()
         ensembles = [
@@ -224,7 +230,7 @@ class DashboardState:
                 size = float(sum(entry["bytes"].values()))
             elif name in loaded:
                 state = STATES.get(row["state"], "loaded")
-                size = float(_memory(loaded[name].backend))
+                size = float(self._backend_memory(name, loaded[name].backend))
             else:
                 state = STATES.get(row["state"], "unloaded" if name in disabled else (
                     "evicted" if name in self._seen_resident else "not loaded"))
@@ -246,6 +252,16 @@ class DashboardState:
             "counters": counters if swap is not None else {},
             "models": models,
         }
+
+
+    def _backend_memory(self, name: str, backend: Any) -> int:
+        """The backend's resident bytes, read in the background (a worker tree's PSS costs
+        ~100 ms of smaps reading: far too slow for a refresh every second)."""
+        known = self._memory.get(name)
+        if known is None or known[0] is not backend:
+            known = (backend, Sampled(lambda: _memory(backend), every_s=5.0))
+            self._memory[name] = known
+        return known[1].get()
 
 
 # --- helpers ---------------------------------------------------------------------------
