@@ -6,20 +6,25 @@ from the full profile. One invocation, side by side.
 
 1. `adaptive_profile_spec` with a fresh, empty cache folder (admission checks and ONNX
    exports included), the variants, batch sizes and shares of the full profile: wall time
-   of profile + plan, settings measured vs modelled.
+   of profile + plan (split into admission checks, measurements and the rest), settings
+   measured vs modelled, variants put off past the budget (screened by the background
+   refinement of `enserve serve --refine-profile`).
 2. The plan from the full profile (greedy, throughput) and the adaptive plan, both
    evaluated on the full profile: predicted throughput ratio.
 3. Both plans executed by the engine (`enserve bench`, closed loop, 16 clients), in
    alternating rounds: measured throughput ratio.
 
-The full profile is the committed one (measured on a quiet machine; re-measuring it takes
-minutes): pass `--full-profile` to use another.
+The full profile is a committed one (re-measuring it takes minutes): pass `--full-profile`
+to use another. It should come from this machine: its hardware fingerprint is compared with
+this machine's and a mismatch is printed (a profile from other hardware predicts nothing
+here).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,7 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=ROOT / "examples" / "imagenet6")
     parser.add_argument("--full-profile", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "imagenet6-profile.json")
+                        default=ROOT / "benchmarks" / "results" / "imagenet6-profile-epyc2.json")
     parser.add_argument("--variants", default="eager,onnx,channels_last,torchscript")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--budget-s", type=float, default=60.0)
@@ -60,6 +65,7 @@ def main() -> int:
 
     from enserve.formats.plan import save_plan
     from enserve.formats.profile import load_profile, profile_from_dict, save_profile
+    from enserve.hardware import current_hardware, hardware_from
     from enserve.plan import evaluate, plan
     from enserve.profiler.adaptive_run import adaptive_profile_spec
 
@@ -74,6 +80,10 @@ def main() -> int:
     assert result.plan is not None
     adaptive_plan = result.plan
     full = load_profile(args.full_profile)
+    made_on = hardware_from(json.loads(args.full_profile.read_text()).get("hardware"))
+    if made_on is None or made_on.id != current_hardware().id:
+        print(f"WARNING: {args.full_profile} was not profiled on this machine "
+              f"({'no fingerprint' if made_on is None else made_on.describe()})")
     full_plan = plan(full, "greedy", "throughput")
     predicted_ratio = evaluate(full, adaptive_plan).throughput / full_plan.predicted.throughput
     out: dict[str, Any] = {
@@ -82,6 +92,8 @@ def main() -> int:
         "grid_settings": data["meta"]["adaptive"]["grid_settings"],
         "rounds": len(result.rounds), "converged": result.converged,
         "admission_checks_run": stats.run_checks,
+        "admission_checks_s": stats.check_s, "measurements_s": stats.measure_s,
+        "deferred_variants": data["meta"]["adaptive"].get("deferred_variants", {}),
         "adaptive_plan": adaptive_plan.to_dict(), "full_plan": full_plan.to_dict(),
         "predicted_on_full_profile": {"adaptive": evaluate(full, adaptive_plan).throughput,
                                       "full": full_plan.predicted.throughput,
@@ -91,6 +103,9 @@ def main() -> int:
           f"measured, {result.modelled} modelled of {out['grid_settings']}; "
           f"{stats.run_checks} admission checks; {len(result.rounds)} planning rounds, "
           f"{'converged' if result.converged else 'budget spent'})")
+    print(f"  admission checks {stats.check_s:.1f} s, measurements {stats.measure_s:.1f} s, "
+          f"rest {wall - stats.check_s - stats.measure_s:.1f} s; variants left to the "
+          f"background: {out['deferred_variants'] or 'none'}")
     print(f"adaptive plan on the full profile: {predicted_ratio:.3f}x the full profile's plan "
           f"({out['predicted_on_full_profile']['adaptive']:.2f} vs "
           f"{full_plan.predicted.throughput:.2f} samples/s predicted)")
@@ -111,7 +126,9 @@ def main() -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"files in {work}")
+    load = os.getloadavg()
+    out["load_average"] = load
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; files in {work}")
     return 0
 
 

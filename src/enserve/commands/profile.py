@@ -53,7 +53,8 @@ def register(sub: Any) -> None:
                         "size and share) and measure more only where the plan's choice is "
                         "close; entries the model filled carry \"modelled\": true")
     p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
-                   help="--adaptive: stop refining after S seconds (default 60)")
+                   help="--adaptive: stop refining once S seconds have passed since the start, "
+                        "admission checks included (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -147,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
 def _run_adaptive(args: argparse.Namespace, batch_sizes: list[int] | None,
                   shares: dict[str, list[float]], devices: list[str] | None) -> int:
     from enserve.formats.profile import profile_from_dict, save_profile
-    from enserve.profiler.adaptive_run import ADAPTIVE_REPEATS, adaptive_profile_spec
+    from enserve.profiler.adaptive_run import (
+        ADAPTIVE_MAX_SECONDS,
+        ADAPTIVE_REPEATS,
+        adaptive_profile_spec,
+    )
 
     if not args.budget_s > 0:
         raise ProfileError(f"--budget-s: {args.budget_s:g} must be positive")
@@ -157,13 +162,19 @@ def _run_adaptive(args: argparse.Namespace, batch_sizes: list[int] | None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         progress=not args.no_progress,
         repeats=min(args.repeats, ADAPTIVE_REPEATS), warmup=min(args.warmup, 1),
-        max_seconds=args.max_seconds, refresh=args.refresh, budget_s=args.budget_s)
+        max_seconds=min(args.max_seconds, ADAPTIVE_MAX_SECONDS), refresh=args.refresh,
+        budget_s=args.budget_s)
     save_profile(profile_from_dict(data), args.out)
     print_summary(data)
     print(f"{result.measured} settings measured, {result.modelled} modelled, "
           f"{len(result.rounds)} planning rounds"
           f"{' (converged)' if result.converged else ' (budget spent)'} in "
           f"{result.elapsed_s:.1f} s -> {args.out}")
+    deferred = data["meta"]["adaptive"].get("deferred_variants") or {}
+    if deferred:
+        names = sorted({v for vs in deferred.values() for v in vs})
+        print(f"not screened within the budget: {', '.join(names)} (a larger --budget-s, or "
+              "`enserve serve --refine-profile`, screens them; docs/profiling.md)")
     return 0
 
 

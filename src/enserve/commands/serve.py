@@ -74,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "differs from this machine's): reuse it, re-plan for "
                         "this machine (profiles with a progress bar, cached), or refuse to "
                         "load it (default replan)")
+    p.add_argument("--refine-profile", action="store_true",
+                   help="engine backend, an ensemble without a plan made here: plan from an "
+                        "adaptive profile (about a minute), serve it, and refine the profile "
+                        "in the background (niced measurements), switching to a better plan "
+                        "when it predicts >= 5%% more (off by default: it measures on the "
+                        "serving machine)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                              if args.memory_budget_mb is not None else None),
         idle_unload_s=args.idle_unload_s, dashboard=args.dashboard,
         plan_policy=args.plan_policy, hang_timeout_s=args.hang_timeout or None,
+        refine_profile=args.refine_profile,
     )
     run_server(config)
     return 0

@@ -41,7 +41,9 @@ from enserve.plan.search import better, climb, current_score
 
 MAX_CELLS = 400  # share grid cells per device the dynamic program accepts
 FRONT = 24  # Pareto points kept per (member, units) state
-TARGET_STEPS = 12  # bisection steps on the target throughput
+TARGET_STEPS = 12  # bisection steps on the target throughput, at most
+TARGET_TOLERANCE = 1e-2  # stop bisecting once the bracket is this narrow (relative): the
+# climb after a refill polishes the last percent, and bisection steps are most of the time
 MAX_ROUNDS = 8
 
 
@@ -189,7 +191,7 @@ def _search(current: float, upper: float,
         return None
     hi = upper
     for _ in range(TARGET_STEPS):
-        if hi <= lo * (1 + 1e-3):
+        if hi <= lo * (1 + TARGET_TOLERANCE):
             break
         mid = (lo + hi) / 2
         found = build(mid)
@@ -315,8 +317,8 @@ def improve(problem: Problem, counts: IntArray) -> IntArray:
                 found = best_refill(problem, best, devices[0])
             else:
                 found = best_refill_pair(problem, best, devices[0], devices[1])
-            if found is None:
-                continue
+            if found is None or np.array_equal(found, best):
+                continue  # nothing to gain, or the refill packs the device as it was
             found = climb(problem, found)
             score = current_score(problem, found, clean=False)
             if better(score, best_score):

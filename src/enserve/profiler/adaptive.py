@@ -21,8 +21,8 @@ new machine. The planner needs far fewer points to choose well, if the rest are 
 
 Measured entries are never overwritten by the model; modelled ones carry `"modelled": true`.
 `on_plan` is called with the first plan and with every plan that differs from the one
-before: a caller running `run()` in a thread can serve the first plan at once and switch
-when refinement changes it (no server does that yet).
+before. `add_variants` screens variants admitted later and `refine` continues the rounds:
+`enserve.profiler.background` runs both in a thread while the first plan is served.
 Everything hardware-specific sits behind `measure` (a callable from settings to measured
 entries) and `planner` (profile -> plan), so the loop is tested on hand-made profiles.
 """
@@ -256,14 +256,31 @@ class AdaptiveProfiler:
         return rate(other) / rate(chosen) - 1.0
 
     def run(self) -> AdaptiveResult:
+        """Screen, seed, then refine (see the module docstring)."""
         self._start = self.clock()
         self.measure(self.screen_settings(), "screening variants")
         self.measure(self.seed_settings(), "seeding the latency model")
+        return self.refine()
+
+    def add_variants(self, variants: Mapping[str, Sequence[str | None]]) -> list[Setting]:
+        """Add variants to the grid (admitted later, e.g. in the background) and screen and
+        seed them; returns the settings measured."""
+        merged = {m: tuple(dict.fromkeys([*vs, *variants.get(m, ())]))
+                  for m, vs in self.grid.variants.items()}
+        self.grid = Grid(self.grid.batch_sizes, self.grid.shares, merged, self.grid.kinds)
+        new = {(m, v) for m, vs in variants.items() for v in vs}
+        screen = [s for s in self.screen_settings() if (s[0], s[1]) in new]
+        done = self.measure(screen, "screening added variants")
+        seed = [s for s in self.seed_settings() if (s[0], s[1]) in new]
+        return done + self.measure(seed, "seeding added variants")
+
+    def refine(self, max_rounds: int | None = None) -> AdaptiveResult:
+        """Plan, measure what the plan relies on, repeat (step 3 of the module docstring)."""
         rounds: list[Round] = []
         previous: set[Setting] | None = None
         plan: Plan | None = None
         converged = False
-        for _ in range(self.max_rounds):
+        for _ in range(self.max_rounds if max_rounds is None else max_rounds):
             entries = self.entries()
             profile = profile_from_dict({**self.skeleton, "entries": entries})
             plan = self.planner(profile)

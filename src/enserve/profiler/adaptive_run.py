@@ -9,7 +9,7 @@ same child processes, cache and entry format; only which settings get measured d
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from enserve.hardware import current_hardware
 from enserve.plan import Constraints, plan
 from enserve.profiler.adaptive import AdaptiveProfiler, AdaptiveResult, Grid, Setting
 from enserve.profiler.cache import ResultCache, cpu_model
-from enserve.profiler.child import MAX_SECONDS_PER_BATCH, load_average
+from enserve.profiler.child import load_average
 from enserve.profiler.run import RunStats, _progress, _RunPlan
 from enserve.profiler.settings import (
     DEFAULT_BATCH_SIZES,
@@ -35,11 +35,20 @@ from enserve.variants.fingerprint import default_cache_dir, library_versions, me
 from enserve.variants.names import default_variant
 
 DEFAULT_BUDGET_S = 60.0
-# Every exact variant but `export` (slow to build, never faster than the others here):
-# admission checks (exports included) are most of a first profile's time.
+# Every exact variant but `export` (slow to build, never faster than the others here).
 ADAPTIVE_VARIANTS = ("eager", "channels_last", "torchscript", "onnx")
+# Screened for the first plan; the other variants asked for are admitted and screened
+# after it (in the background, or in the foreground while the budget lasts). On the
+# 2-core EPYC the ONNX Runtime variant was the fastest of the four for every imagenet6
+# member at every setting. A member that cannot run it (or fails its check), and every
+# member when a GPU is profiled, also gets its default variant first.
+FIRST_VARIANTS = ("onnx",)
 ADAPTIVE_REPEATS = 5
 ADAPTIVE_WARMUP = 1
+# Stop repeating a setting after this long (at least 3 timed runs): slow batches
+# dominate a first profile's time and their medians are steady.
+ADAPTIVE_MAX_SECONDS = 2.0
+BACKGROUND_NICE = 10
 
 
 class _NoBar:
@@ -55,6 +64,196 @@ class _NoBar:
         pass
 
 
+class AdaptiveSession:
+    """The adaptive profiler on this machine, kept so that refinement can go on after the
+    first plan (`enserve.profiler.background`). `first_plan()` admits and screens the
+    first variants, then refines within the budget (counted from the start, admission
+    checks included); `admit_deferred()` admits the variants put off."""
+
+    def __init__(self, spec_path: str | Path, devices: Sequence[Device | str] | None = None,
+                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                 shares: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+                 variants: Sequence[str] | None = None,
+                 first_variants: Sequence[str] | None = FIRST_VARIANTS,
+                 cache_dir: Path | None = None, repeats: int = ADAPTIVE_REPEATS,
+                 warmup: int = ADAPTIVE_WARMUP, max_seconds: float = ADAPTIVE_MAX_SECONDS,
+                 refresh: bool = False, algorithm: str = "greedy",
+                 objective: str = "throughput", constraints: Constraints | None = None,
+                 budget_s: float | None = DEFAULT_BUDGET_S, margin: float = 0.1) -> None:
+        self.variants = list(variants) if variants is not None else list(ADAPTIVE_VARIANTS)
+        check_arguments(self.variants, batch_sizes, repeats, warmup)
+        self.started = time.monotonic()
+        spec_path = Path(spec_path)
+        self.spec = load_spec(spec_path)
+        spec_file = str(spec_path / "ensemble.yaml" if spec_path.is_dir() else spec_path)
+        self.devices = select_devices(devices)
+        self.cache = ResultCache(Path(cache_dir) if cache_dir is not None
+                                 else default_cache_dir())
+        self.notes: list[str] = []
+        self.stats = RunStats()
+        self.shares = {d.id: shares_for(d, shares, self.notes) for d in self.devices}
+        self.hardware = current_hardware()  # keys the cache; stored in the profile
+        self.runner = _RunPlan(self.spec, spec_file, self.cache,
+                               sorted({int(b) for b in batch_sizes}), repeats, warmup,
+                               max_seconds, self.stats, self.notes, refresh, self.hardware)
+        self.algorithm, self.objective, self.constraints = algorithm, objective, constraints
+        self.budget_s, self.margin, self.refresh = budget_s, margin, refresh
+        wanted = {m.name: variants_for(m, self.variants) or [default_variant(m)]
+                  for m in self.spec.members}
+        first = set(first_variants) if first_variants is not None else set(self.variants)
+        gpu = any(d.kind != "cpu" for d in self.devices)
+        self.first_variants = {m.name: [v for v in wanted[m.name]
+                                        if v in first or self._known(m.name, v)
+                                        or (gpu and v == default_variant(m))]
+                               or [_default_of(m, wanted[m.name])]
+                               for m in self.spec.members}
+        self.deferred = {m: [v for v in vs if v not in self.first_variants[m]]
+                         for m, vs in wanted.items()}
+        self.checks: dict[tuple[str, str], dict[str, Any]] = {}
+        self.profiler: AdaptiveProfiler | None = None
+        self.grid: Grid | None = None
+
+    def _known(self, member: str, variant: str) -> bool:
+        """Checked and screened before (a later start): free to include."""
+        if self.refresh or self.cache.get("checks", self.runner._check_key(member, variant)) \
+                is None:
+            return False
+        b = min(self.runner.batches)
+        return all(self.cache.get("entries", self.runner._entry_key(
+            member, variant, d, max(self.shares[d.id]), b)) is not None for d in self.devices)
+
+    def remaining_s(self) -> float | None:
+        if self.budget_s is None:
+            return None
+        return max(0.0, self.budget_s - (time.monotonic() - self.started))
+
+    def _admit(self, member_variants: Mapping[str, list[str]], bar: Any) -> dict[str, list[str]]:
+        checks = self.runner.run_checks(member_variants, bar)
+        self.checks.update(checks)
+        return {m: [v for v in vs if checks[(m, v)]["admitted"]]
+                for m, vs in member_variants.items()}
+
+    def skeleton(self) -> dict[str, Any]:
+        every = {m.name: [*self.first_variants[m.name], *self.deferred[m.name]]
+                 for m in self.spec.members}
+        every = {m: [v for v in vs if (m, v) in self.checks] for m, vs in every.items()}
+        admitted = {m: [v for v in vs if self.checks[(m, v)]["admitted"]]
+                    for m, vs in every.items()}
+        return _skeleton(self.spec, self.devices, every, admitted, self.checks)
+
+    def first_plan(self, progress: bool = True,
+                   on_plan: Callable[[Plan], None] | None = None) -> AdaptiveResult:
+        """Admit, screen and seed the first variants, refine within the budget."""
+        with _progress(progress) as bar:
+            task = bar.add_task("admission checks", total=None)
+            admitted = self._admit(self.first_variants, bar)
+            fallback = {m.name: [_default_of(m, self.deferred[m.name])] for m in self.spec.members
+                        if not admitted[m.name] and self.deferred[m.name]}
+            if fallback:  # the first variants failed their check: the default, now
+                for m, vs in fallback.items():
+                    self.first_variants[m] += vs
+                    self.deferred[m] = [v for v in self.deferred[m] if v not in vs]
+                admitted.update({m: vs for m, vs in self._admit(fallback, bar).items()})
+            empty = [m for m, vs in admitted.items() if not vs]
+            if empty:
+                raise ProfileError(f"no admitted variant for member(s) {', '.join(empty)}: "
+                                   + "; ".join(self.notes))
+            bar.update(task, description="measuring", total=0, completed=0)
+            before = self.stats.measured_entries + self.stats.cached_entries
+
+            def counted(settings: Sequence[Setting]) -> list[dict[str, Any]]:
+                out = self.measure(settings)
+                bar.update(task, completed=self.stats.measured_entries
+                           + self.stats.cached_entries - before)
+                return out
+
+            def report(what: str, count: int) -> None:
+                current = bar.tasks[0].total or 0
+                bar.update(task, description=what, total=current + count)
+
+            self.grid = Grid(batch_sizes=tuple(self.runner.batches),
+                             shares={d: tuple(s) for d, s in self.shares.items()},
+                             variants={m: tuple(vs) for m, vs in admitted.items()},
+                             kinds={d.id: d.kind for d in self.devices})
+            remaining = self.remaining_s()
+            self.profiler = AdaptiveProfiler(
+                self.skeleton(), self.grid, counted, self.planner, objective=self.objective,
+                margin=self.margin, budget_s=remaining, progress=report, on_plan=on_plan)
+            self._preload()
+            result = self.profiler.run()
+            # Half the budget or more left: the deferred variants now, member by member
+            # while the budget lasts (the rest stay deferred).
+            remaining = self.remaining_s()
+            if any(self.deferred.values()) and (
+                    remaining is None or (self.budget_s and remaining >= self.budget_s / 2)) \
+                    and self.extend(bar, within_budget=True):
+                result = self.profiler.refine()
+        self.profiler.progress = None
+        self.profiler.on_plan = None
+        self.profiler._measure = self.measure
+        return result
+
+    def extend(self, bar: Any = None, within_budget: bool = False) -> list[Setting]:
+        """Admit the deferred variants, screen and seed them, member by member (stopping
+        when the budget is spent if `within_budget`); returns what was measured."""
+        assert self.profiler is not None
+        done: list[Setting] = []
+        for member, variants in list(self.deferred.items()):
+            if not variants:
+                continue
+            if within_budget and self.profiler.over_budget():
+                break
+            admitted = self._admit({member: variants}, bar if bar is not None else _NoBar())
+            self.deferred[member] = []
+            self.profiler.skeleton = self.skeleton()
+            if admitted[member]:
+                done += self.profiler.add_variants({member: admitted[member]})
+        return done
+
+    def _preload(self) -> None:
+        """Settings of the grid already in the cache count as measured (a later start
+        plans from everything an earlier refinement measured)."""
+        assert self.profiler is not None and self.grid is not None
+        if self.refresh:
+            return
+        by_id = {d.id: d for d in self.devices}
+        for m, vs in self.grid.variants.items():
+            for v in vs:
+                for d, shares in self.grid.shares.items():
+                    for s in shares:
+                        for b in self.grid.batch_sizes:
+                            hit = self.cache.get("entries", self.runner._entry_key(
+                                m, v or "", by_id[d], s, b))
+                            if hit is not None:
+                                self.profiler.measured[(m, v, d, float(s), int(b))] = hit
+
+    def measure(self, settings: Sequence[Setting]) -> list[dict[str, Any]]:
+        return _measure(self.runner, self.checks, {d.id: d for d in self.devices}, settings)
+
+    def planner(self, profile: Profile) -> Plan:
+        return plan(profile, self.algorithm, self.objective, self.constraints)
+
+    def data(self, result: AdaptiveResult) -> dict[str, Any]:
+        """The profile of `result` as a JSON-ready dict with its `meta`."""
+        assert self.grid is not None and self.profiler is not None
+        data = result.profile.to_json_dict()
+        data["hardware"] = self.hardware.to_json_dict()
+        data["meta"] = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host_cpu": cpu_model(),
+            "versions": library_versions(),
+            "repeats": self.runner.repeats, "warmup": self.runner.warmup,
+            "adaptive": {**result.summary(), "grid_settings": self.profiler.grid.size(),
+                         "wall_s": round(time.monotonic() - self.started, 3),
+                         "budget_s": self.budget_s, "margin": self.margin,
+                         "deferred_variants": {m: vs for m, vs in self.deferred.items()
+                                               if vs}},
+            "load_average_1min": load_average(),
+            "notes": self.notes + self.stats.errors,
+        }
+        return data
+
+
 def adaptive_profile_spec(
     spec_path: str | Path,
     devices: Sequence[Device | str] | None = None,
@@ -65,87 +264,33 @@ def adaptive_profile_spec(
     progress: bool = True,
     repeats: int = ADAPTIVE_REPEATS,
     warmup: int = ADAPTIVE_WARMUP,
-    max_seconds: float = MAX_SECONDS_PER_BATCH,
+    max_seconds: float = ADAPTIVE_MAX_SECONDS,
     refresh: bool = False,
     algorithm: str = "greedy",
     objective: str = "throughput",
     constraints: Constraints | None = None,
     budget_s: float | None = DEFAULT_BUDGET_S,
     margin: float = 0.1,
+    first_variants: Sequence[str] | None = FIRST_VARIANTS,
 ) -> tuple[dict[str, Any], AdaptiveResult, RunStats]:
     """Profile `spec_path` adaptively; returns (profile dict, result, run statistics).
 
-    `variants` default: `ADAPTIVE_VARIANTS` (each screened at one setting). The plan in
-    the result is the one the refinement converged to (or the last, when `budget_s` ran
-    out); the profile holds measured entries and `"modelled": true` ones.
+    `variants` default: `ADAPTIVE_VARIANTS`; those outside `first_variants` (None: all)
+    are admitted and screened after the first plan while `budget_s` (from the start,
+    admission checks included) lasts. The plan in the result is the one the refinement
+    converged to (or the last, when the budget ran out); the profile holds measured
+    entries and `"modelled": true` ones.
     """
-    variants = list(variants) if variants is not None else list(ADAPTIVE_VARIANTS)
-    check_arguments(variants, batch_sizes, repeats, warmup)
-    spec_path = Path(spec_path)
-    spec = load_spec(spec_path)
-    spec_file = str(spec_path / "ensemble.yaml" if spec_path.is_dir() else spec_path)
-    chosen = select_devices(devices)
-    cache = ResultCache(Path(cache_dir) if cache_dir is not None else default_cache_dir())
-    notes: list[str] = []
-    stats = RunStats()
-    shares_by_device = {d.id: shares_for(d, shares, notes) for d in chosen}
-    hardware = current_hardware()  # keys the cache; stored in the profile
-    runner = _RunPlan(spec, spec_file, cache, sorted({int(b) for b in batch_sizes}), repeats,
-                      warmup, max_seconds, stats, notes, refresh, hardware)
-    member_variants = {m.name: variants_for(m, variants) or [default_variant(m)]
-                       for m in spec.members}
-    started = time.monotonic()
-    with _progress(progress) as bar:
-        task = bar.add_task("admission checks", total=None)
-        checks = runner.run_checks(member_variants, bar)
-        admitted = {m: [v for v in vs if checks[(m, v)]["admitted"]]
-                    for m, vs in member_variants.items()}
-        empty = [m for m, vs in admitted.items() if not vs]
-        if empty:
-            raise ProfileError(f"no admitted variant for member(s) {', '.join(empty)}: "
-                               + "; ".join(notes))
-        bar.update(task, description="measuring", total=0, completed=0)
-        by_id = {d.id: d for d in chosen}
+    session = AdaptiveSession(spec_path, devices, batch_sizes, shares, variants,
+                              first_variants, cache_dir, repeats, warmup, max_seconds,
+                              refresh, algorithm, objective, constraints, budget_s, margin)
+    result = session.first_plan(progress)
+    return session.data(result), result, session.stats
 
-        def measure(settings: Sequence[Setting]) -> list[dict[str, Any]]:
-            return _measure(runner, checks, by_id, settings)
 
-        def report(what: str, count: int) -> None:
-            current = bar.tasks[0].total or 0
-            bar.update(task, description=what, total=current + count)
-
-        def planner(profile: Profile) -> Plan:
-            return plan(profile, algorithm, objective, constraints)
-
-        skeleton = _skeleton(spec, chosen, member_variants, admitted, checks)
-        grid = Grid(batch_sizes=tuple(runner.batches),
-                    shares={d: tuple(s) for d, s in shares_by_device.items()},
-                    variants={m: tuple(vs) for m, vs in admitted.items()},
-                    kinds={d.id: d.kind for d in chosen})
-        before = stats.measured_entries + stats.cached_entries
-
-        def counted(settings: Sequence[Setting]) -> list[dict[str, Any]]:
-            out = measure(settings)
-            bar.update(task, completed=stats.measured_entries + stats.cached_entries - before)
-            return out
-
-        adaptive = AdaptiveProfiler(skeleton, grid, counted, planner, objective=objective,
-                                    margin=margin, budget_s=budget_s, progress=report)
-        result = adaptive.run()
-    data = result.profile.to_json_dict()
-    data["hardware"] = hardware.to_json_dict()
-    data["meta"] = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host_cpu": cpu_model(),
-        "versions": library_versions(),
-        "repeats": repeats, "warmup": warmup,
-        "adaptive": {**result.summary(), "grid_settings": grid.size(),
-                     "wall_s": round(time.monotonic() - started, 3),
-                     "budget_s": budget_s, "margin": margin},
-        "load_average_1min": load_average(),
-        "notes": notes + stats.errors,
-    }
-    return data, result, stats
+def _default_of(member: Any, names: Sequence[str]) -> str:
+    """The member's default variant if among `names`, else the first of them."""
+    return default_variant(member) if default_variant(member) in names else names[0]
 
 
 def _measure(runner: _RunPlan, checks: Mapping[tuple[str, str], Mapping[str, Any]],
@@ -180,4 +325,4 @@ def _skeleton(spec: Any, devices: Sequence[Device], member_variants: Mapping[str
             "members": members}
 
 
-__all__ = ["DEFAULT_BUDGET_S", "adaptive_profile_spec"]
+__all__ = ["DEFAULT_BUDGET_S", "AdaptiveSession", "adaptive_profile_spec"]

@@ -44,6 +44,8 @@ class Task:
     use_mps: bool = False
     max_seconds: float = MAX_SECONDS_PER_BATCH
     out: str = ""  # calibrate: where to save the logits (.npy)
+    nice: int = 0  # added to the child's niceness (background refinement: lower priority)
+    cores: tuple[int, ...] = ()  # pin to these cores (default: the first `share` usable)
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,19 @@ def _reset_peak_rss() -> None:
 
 def _set_up_child(task: Task) -> None:
     """Pin cores and set thread counts (CPU) or the MPS percentage (GPU) before torch runs."""
+    if task.nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(task.nice)
     if task.device.startswith("cuda"):
         if task.use_mps:
             os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(int(task.share))
         threads = 1
     else:
-        threads = int(task.share)
+        threads = len(task.cores) if task.cores else int(task.share)
         if hasattr(os, "sched_setaffinity"):
-            cores = sorted(os.sched_getaffinity(0))[:threads]
-            os.sched_setaffinity(0, cores)
+            cores = list(task.cores) or sorted(os.sched_getaffinity(0))[:threads]
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cores)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import statistics
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,14 @@ from enserve.spec import EnsembleSpec, load_spec
 from enserve.variants.fingerprint import default_cache_dir, library_versions, member_fingerprint
 from enserve.variants.names import REDUCED_PRECISION, available_variants, default_variant
 
+PARALLEL_CHECKS = 4  # admission checks run at once (at most one per usable core)
+
+
+def _usable_cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
 
 @dataclass
 class RunStats:
@@ -50,6 +61,8 @@ class RunStats:
     cached_checks: int = 0
     run_checks: int = 0
     errors: list[str] = field(default_factory=list)
+    check_s: float = 0.0  # wall seconds in admission checks (exports included)
+    measure_s: float = 0.0  # wall seconds in measurements
 
 
 def _progress(enabled: bool) -> Any:
@@ -214,6 +227,7 @@ class _RunPlan:
     notes: list[str]
     refresh: bool = False
     hardware: Hardware | None = None
+    nice: int = 0  # children's added niceness (background refinement)
 
     def _fingerprint(self, member: str) -> str:
         """A member's fingerprint, or a fused group's (kind + its members')."""
@@ -242,30 +256,52 @@ class _RunPlan:
         if not todo:
             return results
         task_id = bar.add_task("admission checks", total=len(todo))
-        for name, v in todo:
-            bar.update(task_id, description=f"admission check: {name} as {v}")
+        # Checks are not timed: run them side by side, one per core (each child is pinned
+        # to its own core, single-threaded), at most PARALLEL_CHECKS at once.
+        cores = _usable_cores()[:PARALLEL_CHECKS]
+        free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for core in cores:
+            free.put(core)
+        lock = threading.Lock()
+
+        def check(name: str, v: str) -> None:
             got: dict[str, Any] = {}
             errors: list[str] = []
 
-            def on_message(msg: ChildMessage, got: dict[str, Any] = got,
-                           errors: list[str] = errors) -> None:
+            def on_message(msg: ChildMessage) -> None:
                 if isinstance(msg, Checked):
                     got.update(msg.result)
                 elif isinstance(msg, ChildError):
                     errors.append(msg.message)
 
-            run_task(Task("check", self.spec_file, name, v, cache_dir=str(self.cache.root.parent),
-                            allow_reduced_precision=v in REDUCED_PRECISION), on_message)
-            self.stats.run_checks += 1
+            core = free.get()
+            try:
+                bar.update(task_id, description=f"admission check: {name} as {v}")
+                run_task(Task("check", self.spec_file, name, v,
+                              cache_dir=str(self.cache.root.parent),
+                              allow_reduced_precision=v in REDUCED_PRECISION, nice=self.nice,
+                              cores=(core,)), on_message)
+            finally:
+                free.put(core)
             if not got:
                 got = {"member": name, "variant": v, "admitted": False, "rel_error": None,
                        "reason": "; ".join(errors) or "no result"}
             else:
                 self.cache.put("checks", self._check_key(name, v), got)
-            if not got["admitted"]:
-                self.notes.append(f"{name}: variant '{v}' not admitted: {got.get('reason')}")
-            results[(name, v)] = got
-            bar.advance(task_id)
+            with lock:
+                self.stats.run_checks += 1
+                results[(name, v)] = got
+                bar.advance(task_id)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=max(1, len(cores))) as pool:
+            for future in [pool.submit(check, name, v) for name, v in todo]:
+                future.result()
+        self.stats.check_s += time.monotonic() - started
+        for name, v in todo:  # in a stable order, whatever order the checks finished in
+            if not results[(name, v)]["admitted"]:
+                self.notes.append(f"{name}: variant '{v}' not admitted: "
+                                  f"{results[(name, v)].get('reason')}")
         bar.update(task_id, description=f"admission checks done ({len(todo)} run)")
         return results
 
@@ -354,7 +390,7 @@ class _RunPlan:
                                          tuple(missing), self.repeats, self.warmup,
                                          str(self.cache.root.parent),
                                          use_mps=device.kind == "cuda" and share < 100,
-                                         max_seconds=self.max_seconds)
+                                         max_seconds=self.max_seconds, nice=self.nice)
                             tasks.append((task, device, weights))
         if not tasks:
             return _sorted_entries(entries)
@@ -382,7 +418,9 @@ class _RunPlan:
                         f"{task.member} as {task.variant} on {device.id} share "
                         f"{task.share:g}: {msg.message}")
 
+            started = time.monotonic()
             run_task(task, on_message)
+            self.stats.measure_s += time.monotonic() - started
         bar.update(task_id, description=f"measured {len(tasks)} settings")
         return _sorted_entries(entries)
 

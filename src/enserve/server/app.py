@@ -71,12 +71,16 @@ class ServerConfig:
     hang_timeout_s: float | None = 30.0
     """Engine backend: a worker holding work that answers nothing this long is killed and
     restarted (None: never)."""
+    refine_profile: bool = False
+    """Engine backend, an ensemble needing a plan made here: plan from an adaptive profile
+    (about a minute), then refine it in the background and switch plans on a gain."""
 
 
 def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
                     ray_address: str | None = None,
                     plan_policy: str = "replan",
-                    hang_timeout_s: float | None = 30.0) -> BackendFactory:
+                    hang_timeout_s: float | None = 30.0,
+                    refine_profile: bool = False) -> BackendFactory:
     if kind == "reference":
         from enserve.server.backend import ReferenceBackend
 
@@ -87,7 +91,8 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
         limits = limits or Limits()
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
                                           max_queue=limits.max_pending, plan_policy=plan_policy,
-                                          hang_timeout_s=hang_timeout_s)
+                                          hang_timeout_s=hang_timeout_s,
+                                          refine_profile=refine_profile)
     if kind == "ray":
         from enserve.runtime.ray import ray_available
 
@@ -139,7 +144,8 @@ class EnserveServer:
         self.config = config
         enter_scratch()  # sweep what a killed server left; our temp files go in one folder
         factory = backend_factory(config.backend, config.threads, config.limits,
-                                  config.ray_address, config.plan_policy, config.hang_timeout_s)
+                                  config.ray_address, config.plan_policy, config.hang_timeout_s,
+                                  config.refine_profile)
         self.repository: ModelRepository
         if config.memory_budget_bytes is not None:
             self.repository = BudgetedRepository(

@@ -36,23 +36,64 @@ def folder_plan(spec: EnsembleSpec) -> tuple[Plan | None, Profile | None]:
     return None, None
 
 
+def _needs_new_plan(plan: Plan | None, profile: Profile | None, plan_policy: str) -> bool:
+    """No plan and no profile, or a plan from other hardware that `replan` would redo."""
+    if plan is None:
+        return profile is None
+    from enserve.hardware import current_hardware, hardware_from
+    from enserve.plan_policy import mismatch
+
+    return (plan_policy == "replan" and hardware_from(plan.hardware) is not None
+            and mismatch(plan, current_hardware()) is not None)
+
+
+def _say(name: str) -> Any:
+    import sys
+
+    def say(line: str) -> None:
+        print(f"{name}: {line}", file=sys.stderr, flush=True)
+    return say
+
+
 class EngineBackend:
     def __init__(self, spec: EnsembleSpec, max_batch: int = 256, max_queue: int = 1024,
-                 plan_policy: str = "replan", hang_timeout_s: float | None = 30.0) -> None:
+                 plan_policy: str = "replan", hang_timeout_s: float | None = 30.0,
+                 refine_profile: bool = False) -> None:
         from enserve.runtime.engine import Engine
 
         self.spec = spec
+        self._engine_args: dict[str, Any] = {"max_batch": max_batch, "max_queue": max_queue,
+                                             "task_timeout_s": hang_timeout_s}
+        self.refiner: Any = None
         plan, profile = folder_plan(spec)
-        if plan is not None:
+        if refine_profile and _needs_new_plan(plan, profile, plan_policy):
+            # A first plan within a minute, refined while serving (docs/profiling.md).
+            from enserve.profiler.background import refined_first_plan
+
+            plan, self.refiner = refined_first_plan(spec.base_dir, say=_say(spec.name))
+        elif plan is not None:
             from enserve.plan_policy import fit_plan
 
             plan = fit_plan(spec.base_dir, plan, plan_policy,
                             where=f"{spec.name}: {spec.base_dir / PLAN_FILE}")
-        self.engine = Engine(spec, plan, profile=profile, max_batch=max_batch,
-                             max_queue=max_queue, task_timeout_s=hang_timeout_s)
+        self.engine = Engine(spec, plan, profile=profile, **self._engine_args)
         self.engine.start()
+        if self.refiner is not None:
+            self.refiner.switch = self.switch_plan
+            self.refiner.start()
         shape = self.engine.output_shape  # reported by the workers: no probe request
         self._classes = int(shape[-1]) if shape else None
+
+    def switch_plan(self, plan: Plan) -> None:
+        """Start an engine on `plan`, send new requests to it, then stop the old one (it
+        finishes what it holds). A request that picked the old engine just before it
+        stopped may be refused as unavailable."""
+        from enserve.runtime.engine import Engine
+
+        new = Engine(self.spec, plan, **self._engine_args)
+        new.start()
+        old, self.engine = self.engine, new
+        old.stop()
 
     def output_classes(self) -> int | None:
         return self._classes
@@ -87,7 +128,10 @@ class EngineBackend:
                                       member_s=dict(result.member_s)))
 
     def stats(self) -> dict[str, Any]:
-        return {**self.engine.stats(), "predicted_throughput": self.engine.predicted_throughput}
+        out = {**self.engine.stats(), "predicted_throughput": self.engine.predicted_throughput}
+        if self.refiner is not None:
+            out["refinement"] = self.refiner.status().to_dict()
+        return out
 
     def memory_bytes(self) -> int:
         """Memory the engine's worker processes really hold: their PSS, in which pages
@@ -98,6 +142,8 @@ class EngineBackend:
         return pids_memory(self.engine.worker_pids().values()).pss
 
     def shutdown(self) -> None:
+        if self.refiner is not None:
+            self.refiner.stop()
         self.engine.stop()
 
     async def close(self) -> None:

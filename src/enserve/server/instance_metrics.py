@@ -97,4 +97,17 @@ def instance_lines(backends: Iterable[tuple[str, Any]], source: BackendStats | N
     if predicted:
         lines += _family("enserve_plan_predicted_throughput",
                          "Samples/s the plan's cost model predicts for the ensemble", "gauge", predicted)
+    refining = [(m, s["refinement"]) for m, s in stats if isinstance(s.get("refinement"), dict)]
+    for key, help_text in _REFINEMENT_GAUGES:
+        if refining:
+            lines += _family(f"enserve_profile_refinement_{key}", help_text, "gauge",
+                             [(_labels(model=m), float(r.get(key, 0))) for m, r in refining])
     return lines
+
+
+_REFINEMENT_GAUGES = (
+    ("measured", "Profile settings measured so far by the background refinement"),
+    ("modelled", "Profile settings still modelled (not measured)"),
+    ("rounds", "Refinement rounds run"),
+    ("switches", "Times the served plan was switched to a refined one"),
+)

@@ -99,24 +99,29 @@ def _batch_dim() -> torch.export.Dim:
 
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export with the dynamo exporter (dynamic batch axis); fall back to the TorchScript one."""
+    """Export with the TorchScript exporter (dynamic batch axis); fall back to the dynamo one.
+
+    The TorchScript exporter is ~15x faster here (densenet121: 1.6 s vs 26.6 s on a 2-core
+    EPYC) and its graphs ran as fast in ONNX Runtime; exports are most of a first profile's
+    time on a new machine. The admission check compares either with the reference.
+    """
     kwargs = {"input_names": ["input"], "output_names": ["logits"]}
-    try:
-        torch.onnx.export(module, (example,), str(path), dynamic_shapes=({0: _batch_dim()},),
-                          dynamo=True, external_data=False, verbose=False,
-                          opset_version=ONNX_OPSET, **kwargs)  # type: ignore[arg-type]
-        return
-    except Exception as first:
-        dynamo_error = first
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               **kwargs)  # type: ignore[arg-type]
+        return
+    except Exception as first:
+        legacy_error = first
+    try:
+        torch.onnx.export(module, (example,), str(path), dynamic_shapes=({0: _batch_dim()},),
+                          dynamo=True, external_data=False, verbose=False,
+                          opset_version=ONNX_OPSET, **kwargs)  # type: ignore[arg-type]
     except Exception as second:
         raise ModelLoadError(
-            f"ONNX export failed with both exporters: dynamo: {dynamo_error}; legacy: {second}"
+            f"ONNX export failed with both exporters: legacy: {legacy_error}; dynamo: {second}"
         ) from None
 
 
