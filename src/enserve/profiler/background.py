@@ -92,7 +92,9 @@ class BackgroundRefiner:
 
     def status(self) -> RefineStatus:
         with self._lock:
-            return RefineStatus(**asdict(self._status))
+            out = RefineStatus(**asdict(self._status))
+        out.measured = len(self.profiler.measured)  # live, also while variants are added
+        return out
 
     # -- the work ----------------------------------------------------------------------
 
