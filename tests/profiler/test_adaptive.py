@@ -164,6 +164,17 @@ def test_budget_stops_the_refinement_with_a_valid_plan() -> None:
     assert result.plan is not None and result.plan.instances
 
 
+def test_a_round_measures_only_what_fits_in_the_budget_left() -> None:
+    """About one second per setting (start-up + runs): with 2.5 s left (the clock stands
+    still), a round measures at most two settings, never overrunning the budget."""
+    machine = FakeMachine(lambda m, v, b, s: amdahl(4.0, 2.0, 0.2)(b, s))
+    result = adaptive(machine, {"a": ("eager",), "b": ("eager",)}, budget_s=2.5,
+                      clock=lambda: 0.0).run()
+    assert result.plan is not None and result.plan.instances
+    assert all(len(r.measured) <= 2 for r in result.rounds)
+    assert any(r.measured for r in result.rounds)
+
+
 def test_failed_measurements_are_not_retried() -> None:
     machine = FakeMachine(lambda m, v, b, s: amdahl(4.0, 2.0, 0.2)(b, s))
     real = machine.measure

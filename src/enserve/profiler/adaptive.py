@@ -125,6 +125,10 @@ class AdaptiveProfiler:
         self.progress = progress
         self.on_plan = on_plan  # called with the first plan and with every changed one
         self.clock = clock
+        # Measuring-time estimate for the budget: per setting, a child's start-up and
+        # model load, and the warm-up + timed runs (the profiler stops after 2 s, >= 3 runs).
+        self.overhead_s = 1.0
+        self.runs_per_setting = 4
         self.measured: dict[Setting, dict[str, Any]] = {}
         self.failed: set[Setting] = set()
         # relative error of the model at the last setting measured after it was fitted
@@ -151,6 +155,24 @@ class AdaptiveProfiler:
                 self.model_error[key[:3]] = abs(predicted / float(entry["latency_s"]) - 1.0)
         self.failed.update(s for s in todo if s not in self.measured)
         return [s for s in todo if s in self.measured]
+
+    def _affordable(self, todo: list[Setting]) -> list[Setting]:
+        """The first settings of `todo` whose estimated measuring time (the model's latency
+        x `runs_per_setting`, plus `overhead_s` each) fits in the budget left."""
+        if self.budget_s is None:
+            return todo
+        left = self.budget_s - (self.clock() - self._start)
+        models = self.models()
+        out: list[Setting] = []
+        for s in todo:
+            model = models.get(s[:3])
+            cost = self.overhead_s + (self.runs_per_setting * model.latency(s[4], s[3])
+                                      if model is not None else 0.0)
+            if cost > left:
+                break
+            left -= cost
+            out.append(s)
+        return out
 
     def over_budget(self) -> bool:
         return self.budget_s is not None and self.clock() - self._start >= self.budget_s
@@ -301,7 +323,8 @@ class AdaptiveProfiler:
                 info.reason = "converged"
                 converged = True
                 break
-            if self.over_budget():
+            todo = self._affordable(todo)
+            if self.over_budget() or not todo:
                 info.reason = "budget spent"
                 break
             info.measured = self.measure(todo, f"round {len(rounds)}: {info.reason}")
