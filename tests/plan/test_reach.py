@@ -41,3 +41,26 @@ def test_reach_scales_the_needed_capacity() -> None:
 def test_bad_reach(reach, message) -> None:
     with pytest.raises(PlanError, match=message):
         profile_with_reach(_profile(), reach)
+
+
+def test_requests_per_row_counts_a_request_once_per_stage_it_reaches() -> None:
+    from enserve.plan.reach import requests_per_row
+
+    assert requests_per_row([1.0], 4) == pytest.approx(0.25)  # the full ensemble
+    assert requests_per_row([1.0, 0.0], 4) == pytest.approx(0.25)  # a stage nobody reaches
+    # one row per request: a stage's requests are its rows
+    assert requests_per_row([1.0, 0.5, 0.1], 1) == pytest.approx(1.6)
+    # four rows: stage 2 gets a request unless all four rows left before it
+    assert requests_per_row([1.0, 0.5], 4) == pytest.approx((1 + (1 - 0.5 ** 4)) / 4)
+
+
+def test_dispatch_time_lowers_the_prediction() -> None:
+    from enserve.plan.reach import with_dispatch
+
+    assert with_dispatch(1000.0, 0.25, 0.0, 2) == 1000.0
+    # the serving process bounds it: 1 / (0.5 requests/row x 1 ms) = 2000 rows/s
+    assert with_dispatch(1e9, 0.5, 0.001, 2) == pytest.approx(2000.0)
+    # compute-bound: the serving process takes 0.25 ms of 2 cores per row
+    slowed = with_dispatch(1000.0, 0.25, 0.001, 2)
+    assert slowed == pytest.approx(1000.0 / (1 + 1000.0 * 0.00025 / 2))
+    assert slowed < 1000.0
