@@ -57,7 +57,7 @@ def test_bad_values_are_named(quad, parameters, message) -> None:
 
 
 def test_cascade_with_deadline_is_refused(quad) -> None:
-    with pytest.raises(InferenceError, match="deadline_ms' applies to policy 'full'"):
+    with pytest.raises(InferenceError, match="'cascade' and 'deadline_ms' cannot be combined"):
         parse_request_policy({"policy": "cascade", "deadline_ms": 5}, quad,
                              Policy("cascade", CASCADE))
 

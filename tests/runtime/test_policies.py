@@ -95,3 +95,20 @@ def test_deadline_answer_without_the_slowed_member(tmp_path: Path,
                                    rtol=1e-5, atol=1e-6)
         stats = engine.stats()
     assert stats["partial_answers"] >= 1 and stats["deadline_failures"] >= 1
+
+
+def test_late_work_is_dropped_not_queued_behind_the_straggler(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests one after another, each answered at its deadline while the slowed member is
+    still on the first one: the later requests' work for it waits in the engine and is
+    dropped at their deadlines (freeing their slots), so none of them waits for it."""
+    monkeypatch.setenv(SLOW_ENV, "net_c_2=3.0")
+    spec = make_spec(tmp_path, ["net_a", "net_b", "net_c"])
+    with Engine(spec, max_batch=8, inflight_batches=2) as engine:
+        for _ in range(4):  # two slots: one held by the straggler's running chunk
+            result = engine.submit(_x(2), answer_by=time.monotonic() + 0.4,
+                                   min_members=2).result(timeout=30)
+            assert result.members == ("net_a_0", "net_b_1")
+        stats = engine.stats()
+    assert stats["partial_answers"] == 4 and stats["deadline_failures"] == 0
+    assert stats["skipped_tasks"].get("net_c_2", 0) >= 3  # never sent to the busy worker

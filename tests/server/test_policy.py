@@ -86,6 +86,14 @@ def test_cascade_exits_are_counted_on_metrics(plane: DataPlane) -> None:
     assert 'enserve_cascade_answers_total{model="quad",stage="0"} 5.0' in text
 
 
+def test_cascade_with_a_deadline_is_400_naming_both(plane: DataPlane) -> None:
+    cascade = Cascade((Stage(("a",), 0.0), Stage(("b", "c", "d"))))
+    save_policy(Policy("full", cascade), plane.repository.root / "quad" / "policy.json")
+    with pytest.raises(ServerError, match="'policy': 'cascade' and 'deadline_ms'") as info:
+        _infer(plane, random_inputs(2), policy="cascade", deadline_ms=50)
+    assert info.value.code is Code.BAD_REQUEST
+
+
 @pytest.mark.parametrize("parameters, message", [
     ({"members": ["a", "nope"]}, "unknown member"),
     ({"policy": "cascade"}, "no calibrated cascade"),
@@ -130,6 +138,10 @@ def test_deadline_answer_leaves_the_slowed_member_out(slowed) -> None:
     text = plane.metrics.render().decode()
     assert 'enserve_partial_answers_total{model="quad"} 1.0' in text
     assert 'enserve_member_late_total{member="c",model="quad"} 1.0' in text
+    # lateness: every member once, the one left out too (at the answer's time)
+    for member in "abcd":
+        assert (f'enserve_member_lateness_seconds_count{{member="{member}",model="quad"}} 1.0'
+                in text)
 
 
 def test_deadline_with_every_member_in_time_is_whole(plane: DataPlane) -> None:

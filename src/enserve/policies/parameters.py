@@ -110,8 +110,12 @@ def parse_request_policy(parameters: Mapping[str, Any] | None, spec: EnsembleSpe
             raise InferenceError(f"parameter 'policy': '{spec.name}' has no calibrated cascade "
                                  f"(run `enserve calibrate` to write its policy.json)")
         if deadline_s is not None:
-            raise InferenceError("parameter 'deadline_ms' applies to policy 'full'; "
-                                 "a cascade answers when its stages are done")
+            raise InferenceError(
+                "parameters 'policy': 'cascade' and 'deadline_ms' cannot be combined: "
+                "'deadline_ms' applies to policy 'full'. A cascade runs later stages only on "
+                "the rows earlier stages left open, so at a deadline each row would have a "
+                "different set of members and 'min_members' no single meaning; send "
+                "'policy': 'full' with 'deadline_ms', or the cascade without it")
         cascade = policy_file.cascade
         if members is not None:
             cascade = restrict(cascade, members)

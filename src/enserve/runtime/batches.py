@@ -92,6 +92,11 @@ class BatchBook:
         self.free_slots: queue.Queue[int] = queue.Queue()
         for slot in range(slots):
             self.free_slots.put(slot)
+        # Slots from `normal_slots` on are for batches whose requests all have a deadline:
+        # such a batch may hold its slot until the deadline (waiting for a straggler)
+        # without keeping other requests from starting.
+        self.spare_slots: queue.Queue[int] = queue.Queue()
+        self.normal_slots = slots
         self.inflight = 0
         self.ids = itertools.count()
         self.outputs: Arena | None = None  # created once the first worker tells its shape
@@ -307,6 +312,16 @@ class BatchBook:
             return
         del self.batches[batch.batch_id]
         self.inflight -= 1
-        self.free_slots.put(batch.slot)
+        self.release_slot(batch.slot)
         self.changed.notify_all()
+
+    def release_slot(self, slot: int) -> None:
+        (self.spare_slots if slot >= self.normal_slots else self.free_slots).put(slot)
+
+    def take_slot(self, spare_first: bool) -> int:
+        """A free slot (blocking): a spare one first for a batch with a deadline, if any."""
+        if spare_first:
+            with contextlib.suppress(queue.Empty):
+                return self.spare_slots.get_nowait()
+        return self.free_slots.get()
 

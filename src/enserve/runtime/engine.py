@@ -82,7 +82,10 @@ class Engine:
     else one instance per member with members spread over the cores by their measured
     cost). `fusion` ("auto", "on", "off") applies when planning from a profile that
     carries fused groups (see `enserve.plan.fusion.plan_with_fusion`); a plan instance
-    whose `group` is set runs that fused group as one unit.
+    whose `group` is set runs that fused group as one unit. `inflight_batches` batches
+    run at once; a batch whose requests all have a deadline (`answer_by`) takes one of
+    `deadline_slots` more slots first, as it may hold its slot until its deadline while
+    a slowed member's work waits.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Engine:
         max_delay_s: float = 0.002,
         max_queue: int = 1024,
         inflight_batches: int = 2,
+        deadline_slots: int = 8,
         max_restarts: int | None = None,
         restart_policy: RestartPolicy | None = None,
         start_timeout_s: float = 600.0,
@@ -139,6 +143,7 @@ class Engine:
         self._exclusive_cores = exclusive_cores and pin
         self._lock_dir: str | None = None
         self._slots = max(1, inflight_batches)
+        self._spare_slots = max(0, deadline_slots)
         self._requests = RequestQueue(max_queue)
         self._gatherer = Gatherer(self._requests, max_batch, max_delay_s,
                                   busy=lambda: self._book.inflight > 0)
@@ -165,7 +170,7 @@ class Engine:
         self._state = "starting"
         atexit.register(_stop_at_exit, weakref.ref(self))
         try:
-            self._inputs = Arena.create(self._input_fields(), self._slots)
+            self._inputs = Arena.create(self._input_fields(), self._slots + self._spare_slots)
             if self._exclusive_cores:
                 self._lock_dir = create_lock_dir(self.cores)
             for h in self._handles:
@@ -175,8 +180,9 @@ class Engine:
             self._wait_ready()
             if self._auto_pin:
                 self._pin_balanced()
-            for slot in range(self._slots):
-                self._book.free_slots.put(slot)
+            self._book.normal_slots = self._slots
+            for slot in range(self._slots + self._spare_slots):
+                self._book.release_slot(slot)
             self._counters.reset()
             self._state = "running"
             self._spawn_thread(self._dispatch_loop, "dispatcher")
@@ -450,7 +456,7 @@ class Engine:
         except Exception as exc:  # as in the dispatcher: answer, never lose the request
             log.exception("launch failed")
             fail_future(request.future, MemberFailedError(f"dispatch failed: {exc}"))
-            self._book.free_slots.put(slot)
+            self._book.release_slot(slot)
         return True
 
     def _dispatch_loop(self) -> None:
@@ -458,12 +464,12 @@ class Engine:
             first = self._gatherer.first()
             if first is None:
                 return
-            slot = self._book.free_slots.get()
+            slot = self._book.take_slot(spare_first=first.answer_by is not None)
             batch = self._gatherer.fill([first])
             if self._state == "stopped":  # woken by stop() after the drain timed out
                 for r in batch:
                     fail_future(r.future, UnavailableError("engine stopped"))
-                self._book.free_slots.put(slot)
+                self._book.release_slot(slot)
                 continue
             try:
                 self._launch(slot, batch)
@@ -471,7 +477,7 @@ class Engine:
                 log.exception("dispatch failed")
                 for r in batch:
                     fail_future(r.future, MemberFailedError(f"dispatch failed: {exc}"))
-                self._book.free_slots.put(slot)
+                self._book.release_slot(slot)
 
     def _launch(self, slot: int, requests: list[PendingRequest]) -> None:
         requests, late = fail_expired(requests)
@@ -479,7 +485,7 @@ class Engine:
             with self._lock:
                 self._counters.failed += late
         if not requests:
-            self._book.free_slots.put(slot)
+            self._book.release_slot(slot)
             return
         assert self._inputs is not None
         offset = 0
@@ -500,11 +506,17 @@ class Engine:
             self._book.maybe_retire(batch)
 
     def _assign(self, chunk: Chunk) -> None:
-        """Send a chunk to the least-loaded ready instance of its unit (lock held)."""
+        """Send a chunk to the least-loaded ready instance of its unit (lock held). A chunk
+        of a batch with a deadline waits here while every instance is busy, not in a
+        worker's pipe: at the deadline it is dropped, and its slot freed, at once."""
         handles = self._by_unit[chunk.member]
         ready = [h for h in handles if h.state == "ready"]
         if ready:
             h = min(ready, key=lambda h: h.outstanding_rows)
+            if chunk.batch.task_deadline is not None and h.inflight:
+                chunk.parked_at = time.monotonic()
+                self._book.backlog[chunk.member].append(chunk)
+                return
             if not h.inflight:
                 h.last_progress = time.perf_counter()
             h.inflight[chunk.task_id] = chunk
@@ -519,6 +531,12 @@ class Engine:
         self._book.fail_chunk(chunk, f"member '{chunk.member}' has no running worker now "
                                      "(restarting after repeated crashes); retry later",
                               UnavailableError)
+
+    def _next_parked(self, h: WorkerHandle) -> None:
+        """An instance with nothing in flight takes the oldest chunk parked for its unit."""
+        backlog = self._book.backlog[h.cfg.member]
+        if backlog and not h.inflight and h.state == "ready":
+            self._assign(backlog.popleft())
 
     def _start_worker(self, h: WorkerHandle) -> None:
         """Start a new process for a dead instance (lock held); raises if it cannot."""
@@ -596,6 +614,7 @@ class Engine:
                 chunk = h.inflight.pop(msg.task_id, None)
                 if chunk is not None:
                     h.outstanding_rows -= chunk.rows
+                    self._next_parked(h)
                     h.stats.failures += 1
                     self._book.fail_chunk(chunk, f"member '{chunk.member}' failed: "
                                                  f"{msg.message}")
@@ -613,6 +632,7 @@ class Engine:
                 return
             h.last_progress = time.perf_counter()
             h.outstanding_rows -= chunk.rows
+            self._next_parked(h)
             if msg.skipped:
                 self._book.skip(chunk)
                 return
@@ -637,7 +657,7 @@ class Engine:
                 fields = tuple(ArrayField(output_field(i), "float32",
                                           (self.max_batch, *msg.output_shape[1:]))
                                for i in range(len(self._member_names)))
-                self._book.outputs = Arena.create(fields, self._slots)
+                self._book.outputs = Arena.create(fields, self._slots + self._spare_slots)
             expected = self._book.outputs.layout.fields[0].shape[1:]
             if tuple(msg.output_shape[1:]) != expected:
                 self._faults.startup_errors.append(
@@ -650,8 +670,10 @@ class Engine:
                 h.attached = True
             h.ready, h.state, h.ready_at = msg, "ready", time.perf_counter()
             backlog = self._book.backlog[h.cfg.member]
-            while backlog:
-                self._assign(backlog.popleft())
+            waiting = list(backlog)
+            backlog.clear()
+            for chunk in waiting:  # in order; deadline chunks beyond a free instance re-park
+                self._assign(chunk)
             self._changed.notify_all()
 
     # ----------------------------------------------------------------- shutdown

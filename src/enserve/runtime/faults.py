@@ -177,7 +177,8 @@ class Faults:
             for unit, backlog in list(self.book.backlog.items()):
                 # new work only: work retried after a crash waits for the restart (bounded by
                 # start_timeout_s and the request's deadline)
-                expired = [c for c in backlog if c.attempts == 0 and now - c.parked_at > MAX_PARK_S]
+                expired = [c for c in backlog if c.attempts == 0 and c.batch.task_deadline is None
+                           and now - c.parked_at > MAX_PARK_S]
                 for chunk in expired:
                     if chunk.batch.error is not None:
                         continue  # failing its batch already took it out of the backlogs

@@ -107,6 +107,12 @@ class Metrics:
             "Deadline answers a member missed (it was left out of the combination)",
             ["model", "member"], registry=self.registry,
         )
+        self.member_lateness = Histogram(
+            "enserve_member_lateness_seconds",
+            "How long after the ensemble's fastest member each member was done, per request "
+            "(a member left out of a deadline answer: the time to the answer, a lower bound)",
+            ["model", "member"], buckets=BUCKETS, registry=self.registry,
+        )
         self.request_failures = Counter(
             "enserve_request_failures", "Failed inference requests by reason (the error's kind)",
             ["model", "reason"], registry=self.registry,
@@ -120,8 +126,12 @@ class Metrics:
                 self.stage_answers.labels(model, str(stage)).inc(rows)
         if ran.late:
             self.partial_answers.labels(model).inc()
+        timing = ran.outcome.timing
+        fastest = min(timing.member_s.values(), default=0.0)
         for member in ran.late:
             self.member_late.labels(model, member).inc()
+            self.member_lateness.labels(model, member).observe(
+                max(0.0, timing.compute_s - fastest))
 
     def observe_deadline_exceeded(self, model: str) -> None:
         self.deadline_exceeded.labels(model).inc()
@@ -131,6 +141,9 @@ class Metrics:
             self.member_latency.labels(model, member).observe(seconds)
         if timing.member_s:
             self.member_skew.labels(model).observe(timing.skew_s)
+            fastest = min(timing.member_s.values())
+            for member, seconds in timing.member_s.items():
+                self.member_lateness.labels(model, member).observe(seconds - fastest)
         self.combine.labels(model).observe(timing.combine_s)
         self.request_latency.labels(model).observe(total_s)
 
