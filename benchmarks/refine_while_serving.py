@@ -92,8 +92,8 @@ def main() -> int:
     stop.set()
     for t in threads:
         t.join(timeout=70)
+    backend.shutdown()  # stops the refinement after the measurement in progress
     final = refiner.status()
-    backend.shutdown()
     load = os.getloadavg()
     out = {"first_plan_s": first_plan_s, "windows": windows, "final": final.to_dict(),
            "requests": done[0], "failed": failed[0], "lines": lines, "load_average": load}

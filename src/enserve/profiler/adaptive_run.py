@@ -193,15 +193,17 @@ class AdaptiveSession:
         self.profiler._measure = self.measure
         return result
 
-    def extend(self, bar: Any = None, within_budget: bool = False) -> list[Setting]:
+    def extend(self, bar: Any = None, within_budget: bool = False,
+               stop: Callable[[], bool] | None = None) -> list[Setting]:
         """Admit the deferred variants, screen and seed them, member by member (stopping
-        when the budget is spent if `within_budget`); returns what was measured."""
+        when the budget is spent if `within_budget`, or when `stop()` says so); returns
+        what was measured."""
         assert self.profiler is not None
         done: list[Setting] = []
         for member, variants in list(self.deferred.items()):
             if not variants:
                 continue
-            if within_budget and self.profiler.over_budget():
+            if (within_budget and self.profiler.over_budget()) or (stop and stop()):
                 break
             admitted = self._admit({member: variants}, bar if bar is not None else _NoBar())
             self.deferred[member] = []

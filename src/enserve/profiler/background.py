@@ -90,6 +90,10 @@ class BackgroundRefiner:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout_s)
 
+    def stopping(self) -> bool:
+        """Has `stop()` been called? (Long steps check it between measurements.)"""
+        return self._stop.is_set()
+
     def status(self) -> RefineStatus:
         with self._lock:
             out = RefineStatus(**asdict(self._status))
@@ -210,7 +214,8 @@ def refined_first_plan(spec_path: Any, *, budget_s: float = 60.0, cache_dir: Any
         out.parent.mkdir(parents=True, exist_ok=True)
         save_profile(profile, out)
 
-    refiner = BackgroundRefiner(session.profiler, result.plan, extend=session.extend,
-                                save=save, min_gain=min_gain, say=say)
+    refiner = BackgroundRefiner(session.profiler, result.plan, save=save, min_gain=min_gain,
+                                say=say)
+    refiner.extend = lambda: session.extend(stop=refiner.stopping)
     return result.plan, refiner
 __all__ = ["BackgroundRefiner", "RefineStatus", "refined_first_plan"]
