@@ -2,7 +2,7 @@
 
     python benchmarks/chaos.py kills   # under load: kill -9 one member's worker >= 10 times, the fork server
     python benchmarks/chaos.py pgroup  # SIGTERM to the server's whole process group under load (3 runs)
-    python benchmarks/chaos.py fuzz    # >= 10,000 schema-generated HTTP + mutated gRPC requests
+    python benchmarks/chaos.py fuzz    # >= 10,000 schema-generated + mutated HTTP and mutated gRPC requests
     python benchmarks/chaos.py slow    # 300 slowloris connections + 8 x 60 MB JSON bodies: health p99, RSS
     python benchmarks/chaos.py soak --seconds 600   # steady load, RSS sampled every 5 s
     python benchmarks/chaos.py all     # everything but the soak
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -66,10 +67,12 @@ def wait_ready(server: RunningServer, timeout: float = 300.0) -> float:
 
 
 class Load:
-    """`threads` clients sending inference requests in a loop; every outcome recorded."""
+    """`threads` clients sending inference requests in a loop (at most `rate` per second in
+    all, when given); every outcome recorded."""
 
-    def __init__(self, server: RunningServer, threads: int = 4) -> None:
+    def __init__(self, server: RunningServer, threads: int = 4, rate: float | None = None) -> None:
         self.url = f"http://{server.http_url}/v2/models/digits/infer"
+        self.period = None if rate is None else threads / rate  # seconds between one client's sends
         self.outcomes: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
@@ -87,7 +90,11 @@ class Load:
     def _run(self, seed: int) -> None:
         body = _body(2, seed)
         with httpx.Client(timeout=HUNG_S) as client:
+            next_at = time.monotonic()
             while not self._stop.is_set():
+                if self.period is not None:
+                    next_at += self.period
+                    self._stop.wait(max(0.0, next_at - time.monotonic()))
                 at = time.monotonic()
                 try:
                     outcome = str(client.post(self.url, content=body).status_code)
@@ -261,20 +268,127 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(buf)
 
 
-def fuzz(workdir: Path, http_examples: int = 500, grpc_requests: int = 5000) -> dict[str, Any]:
+def _infer_seeds() -> list[tuple[dict[str, str], bytes]]:
+    """Valid `/infer` requests of every kind to mutate: JSON (flat, nested, with outputs and
+    parameters), the binary extension, a raw binary body."""
+    x = np.random.default_rng(1).random((2, 1, 8, 8), dtype=np.float32)
+    flat = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                        "data": x.reshape(-1).tolist()}]}
+    nested = {"id": "n", "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                                     "data": x.tolist()}],
+              "outputs": [{"name": "top_k_indices"}, {"name": "probabilities",
+                                                       "parameters": {"binary_data": True}}],
+              "parameters": {"timeout": 5_000_000}}
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    json_type = {"Content-Type": "application/json"}
+    return [(json_type, json.dumps(flat).encode()), (json_type, json.dumps(nested).encode()),
+            ({"Inference-Header-Content-Length": str(len(header))}, header + x.tobytes()),
+            ({"Inference-Header-Content-Length": "0"}, x.tobytes())]
+
+
+def _swap_value(value: Any, rng: random.Random) -> Any:
+    """`value` (JSON) with one random node replaced by a hostile one."""
+    hostile = [None, True, -1, 0, 2**63, 1e308, "", "x" * 300, [], {}, [[[]]], {"a": None},
+               "NaN", [-1, 0], [4611686018427387904, 0], 1.5, "FP32", "BYTES", "../../etc"]
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(list(value))
+        return {**value, key: _swap_value(value[key], rng)}
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        i = rng.randrange(len(value))
+        return [*value[:i], _swap_value(value[i], rng), *value[i + 1:]]
+    return rng.choice(hostile)
+
+
+def _http_mutations(server: RunningServer, count: int, rng: random.Random,
+                    statuses: Counter[int], failures: list[str]) -> None:
+    """`count` requests over keep-alive connections: byte-mutated bodies and JSON with one
+    node swapped for a hostile value, on the infer, metadata and repository paths."""
+    seeds = _infer_seeds()
+    paths = ["/v2/models/digits/infer", "/v2/models/digits/versions/1/infer", "/v2/models/cnn5/infer",
+             "/v2/repository/index", "/v2/models/nope/infer"]
+    with httpx.Client(base_url=f"http://{server.http_url}", timeout=HUNG_S) as client:
+        for i in range(count):
+            headers, body = rng.choice(seeds)
+            headers = dict(headers)
+            if rng.random() < 0.5 and "Inference-Header-Content-Length" not in headers:
+                body = json.dumps(_swap_value(json.loads(body), rng)).encode()
+            else:
+                body = _mutate(body, rng)
+                if "Inference-Header-Content-Length" in headers and rng.random() < 0.3:
+                    headers["Inference-Header-Content-Length"] = str(rng.randrange(-5, len(body) + 5))
+            if rng.random() < 0.1:
+                headers["Content-Encoding"] = rng.choice(["gzip", "deflate", "br", "x"])
+            path = paths[0] if rng.random() < 0.7 else rng.choice(paths)
+            try:
+                reply = client.post(path, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                failures.append(f"http mutation {i}: {exc!r}")
+                continue
+            statuses[reply.status_code] += 1
+            if reply.status_code == 500:
+                failures.append(f"POST {path} {body[:120]!r}: {reply.text[:200]}")
+
+
+def _grpc_seeds() -> list[tuple[str, bytes]]:
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="digits", id="fuzz")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+    tensor.contents.fp32_contents.extend([0.5] * 64)
+    request.outputs.add(name="probabilities")
+    request.parameters["timeout"].int64_param = 5_000_000
+    raw = pb.ModelInferRequest(model_name="digits")
+    raw.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+    raw.raw_input_contents.append(np.zeros(64, np.float32).tobytes())
+    service = "/inference.GRPCInferenceService/"
+    messages = [("ModelInfer", request), ("ModelInfer", raw),
+                ("ModelMetadata", pb.ModelMetadataRequest(name="digits", version="1")),
+                ("ModelReady", pb.ModelReadyRequest(name="digits")),
+                ("ModelStatistics", pb.ModelStatisticsRequest(name="digits")),
+                ("RepositoryIndex", pb.RepositoryIndexRequest())]
+    return [(service + method, message.SerializeToString()) for method, message in messages]
+
+
+def _grpc_mutations(server: RunningServer, count: int, rng: random.Random,
+                    codes: Counter[str], failures: list[str]) -> None:
     import grpc
+
+    seeds = _grpc_seeds()
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        calls = {method: channel.unary_unary(method) for method, _ in seeds}
+        for _ in range(count):
+            method, seed = seeds[0] if rng.random() < 0.6 else rng.choice(seeds)
+            message = _mutate(seed, rng)
+            try:
+                calls[method](message, timeout=HUNG_S)
+                codes["OK"] += 1
+            except grpc.RpcError as exc:
+                codes[exc.code().name] += 1
+                if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    failures.append(f"{method} {message[:80]!r}: {exc.details()}")
+
+
+def fuzz(workdir: Path, http_examples: int = 60, http_mutations: int = 5000,
+         grpc_requests: int = 5000) -> dict[str, Any]:
+    """Schema-generated calls to every operation of `/openapi.json` (`http_examples` each),
+    mutated HTTP infer/repository requests and mutated gRPC messages, counted."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
-    from tritonclient.grpc import service_pb2 as pb
 
     server = start(workdir)
     try:
         wait_ready(server)
         statuses: Counter[int] = Counter()
+        codes: Counter[str] = Counter()
         failures: list[str] = []
+        seconds: dict[str, float] = {}
+        started = time.monotonic()
         schema = schemathesis.openapi.from_url(f"http://{server.http_url}/openapi.json")
+        operations = 0
         for result in schema.get_all_operations():
             operation = result.ok()
+            operations += 1
 
             @given(case=operation.as_strategy())
             @settings(max_examples=http_examples, deadline=None, database=None,
@@ -291,31 +405,30 @@ def fuzz(workdir: Path, http_examples: int = 500, grpc_requests: int = 5000) -> 
                                     f"{response.text[:200]}")
 
             run()
-        request = pb.ModelInferRequest(model_name="digits", id="fuzz")
-        tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
-        tensor.contents.fp32_contents.extend([0.5] * 64)
-        seed = request.SerializeToString()
+        schema_requests = sum(statuses.values())
+        seconds["schemathesis"] = time.monotonic() - started
         rng = random.Random(10)
-        codes: Counter[str] = Counter()
-        with grpc.insecure_channel(server.grpc_url) as channel:
-            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-            for _ in range(grpc_requests):
-                try:
-                    call(_mutate(seed, rng), timeout=HUNG_S)
-                    codes["OK"] += 1
-                except grpc.RpcError as exc:
-                    codes[exc.code().name] += 1
-        return {"scenario": "fuzz", "http_requests": sum(statuses.values()), "http_status": dict(statuses),
-                "http_500": statuses.get(500, 0), "grpc_requests": grpc_requests, "grpc_codes": dict(codes),
+        at = time.monotonic()
+        _http_mutations(server, http_mutations, rng, statuses, failures)
+        seconds["http_mutations"] = time.monotonic() - at
+        at = time.monotonic()
+        _grpc_mutations(server, grpc_requests, rng, codes, failures)
+        seconds["grpc_mutations"] = time.monotonic() - at
+        http_requests = sum(statuses.values())
+        return {"scenario": "fuzz", "total_requests": http_requests + sum(codes.values()),
+                "http_operations": operations, "http_schema_requests": schema_requests,
+                "http_mutated_requests": http_requests - schema_requests, "http_status": dict(statuses),
+                "http_500": statuses.get(500, 0), "grpc_requests": sum(codes.values()),
+                "grpc_codes": dict(codes),
                 "grpc_internal_or_unknown": codes.get("INTERNAL", 0) + codes.get("UNKNOWN", 0),
-                "failures": failures[:10], "server_alive": server.process.poll() is None,
-                "server_ready_after": server.ready()}
+                "seconds": seconds, "failures": failures[:10], "failure_count": len(failures),
+                "server_alive": server.process.poll() is None, "server_ready_after": server.ready()}
     finally:
         server.stop(60)
 
 
 def _rss(pid: int) -> int:
-    """Resident memory of the server process and its decoder processes (not the workers)."""
+    """Resident memory of the server process and any decoder processes (not the workers)."""
     proc = psutil.Process(pid)
     total = proc.memory_info().rss
     for child in proc.children():
@@ -325,6 +438,18 @@ def _rss(pid: int) -> int:
         except psutil.Error:
             continue
     return total
+
+
+def _probe_health(url: str, out: Path, stop: Any) -> None:
+    """Time `GET url` every 20 ms until `stop` is set; write the seconds to `out` (JSON)."""
+    timings: list[float] = []
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            t = time.perf_counter()
+            client.get(url)
+            timings.append(time.perf_counter() - t)
+            time.sleep(0.02)
+    out.write_text(json.dumps(timings))
 
 
 def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 60,
@@ -340,35 +465,51 @@ def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 
             s = socket.create_connection(("127.0.0.1", server.http))
             s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n")
             socks.append(s)
-        pad = ",".join(["0.5"] * (body_mb * 1024 * 1024 // 4))
-        x = [0.5] * 64
-        big = (f'{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,1,8,8],"data":{x}}}],'
-               f'"parameters":{{"pad":[{pad}]}}}}').encode()
-        health: list[float] = []
+        rows = body_mb * 1024 * 1024 // (4 * 64)  # "0.5," is 4 bytes; 64 values a digit
+        data = ",".join(["0.5"] * (rows * 64))
+        # real tensor data: decoded in full (a 60 MB float32 array), then refused with 400
+        # because the batch exceeds --max-batch: the heaviest path a body can take
+        big = (f'{{"inputs":[{{"name":"input","datatype":"FP32","shape":[{rows},1,8,8],'
+               f'"data":[{data}]}}]}}').encode()
+        del data
         rss: list[int] = []
         done = threading.Event()
+        ctx = multiprocessing.get_context("spawn")
+        probe_done = ctx.Event()
+        timings = workdir / "health.json"
+        # the health client is a process of its own: in a thread here it would wait for
+        # this process's GIL behind the eight senders, and that wait is not the server's
+        prober = ctx.Process(target=_probe_health, args=(f"http://{server.http_url}/v2/health/live",
+                                                         timings, probe_done))
 
-        def probe() -> None:
-            with httpx.Client(timeout=30) as client:
-                while not done.is_set():
-                    t = time.perf_counter()
-                    client.get(f"http://{server.http_url}/v2/health/live")
-                    health.append(time.perf_counter() - t)
-                    rss.append(_rss(pid))
-                    time.sleep(0.02)
+        def sample_rss() -> None:
+            while not done.is_set():
+                rss.append(_rss(pid))
+                time.sleep(0.02)
 
         statuses: list[int] = []
+        retried: list[int] = []
 
         def send() -> None:
-            try:
-                statuses.append(httpx.post(f"http://{server.http_url}/v2/models/digits/infer",
-                                           content=big, timeout=120).status_code)
-            except httpx.HTTPError as exc:
-                statuses.append(-1)
-                print("big body:", exc, file=sys.stderr)
+            """Send, and after a 503 wait its Retry-After and send again (within 180 s)."""
+            until = time.monotonic() + 180
+            while True:
+                try:
+                    reply = httpx.post(f"http://{server.http_url}/v2/models/digits/infer",
+                                       content=big, timeout=120)
+                except httpx.HTTPError as exc:
+                    statuses.append(-1)
+                    print("big body:", exc, file=sys.stderr)
+                    return
+                if reply.status_code != 503 or time.monotonic() > until:
+                    statuses.append(reply.status_code)
+                    return
+                retried.append(1)
+                time.sleep(float(reply.headers.get("retry-after", "1")))
 
-        prober = threading.Thread(target=probe)
         prober.start()
+        sampler = threading.Thread(target=sample_rss)
+        sampler.start()
         started = time.monotonic()
         senders = [threading.Thread(target=send) for _ in range(bodies)]
         for t in senders:
@@ -380,7 +521,10 @@ def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 
             t.join()
         elapsed = time.monotonic() - started
         done.set()
-        prober.join()
+        probe_done.set()
+        prober.join(60)
+        sampler.join()
+        health = json.loads(timings.read_text())
         open_after = 0
         for s in socks:
             s.settimeout(0.01)
@@ -394,7 +538,8 @@ def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 
         ordered = sorted(health)
         return {"scenario": "slow", "slow_connections": connections, "bodies": bodies,
                 "body_mb": len(big) / 2**20,
-                "body_status": dict(Counter(statuses)), "seconds": elapsed,
+                "body_status": dict(Counter(statuses)), "body_503_retries": len(retried),
+                "seconds": elapsed,
                 "health_p50_ms": 1000 * ordered[len(ordered) // 2],
                 "health_p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
                 "health_samples": len(ordered), "rss_baseline_mb": baseline / 2**20,
@@ -404,13 +549,13 @@ def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 
         server.stop(60)
 
 
-def soak(workdir: Path, seconds: float = 600.0) -> dict[str, Any]:
+def soak(workdir: Path, seconds: float = 600.0, rate: float = 100.0) -> dict[str, Any]:
     server = start(workdir)
     try:
         wait_ready(server)
         pid = server.process.pid
         samples: list[tuple[float, int]] = []
-        with Load(server, threads=4) as load:
+        with Load(server, threads=4, rate=rate) as load:
             started = time.monotonic()
             while time.monotonic() - started < seconds:
                 total = psutil.Process(pid).memory_info().rss
@@ -423,7 +568,7 @@ def soak(workdir: Path, seconds: float = 600.0) -> dict[str, Any]:
         last = [r for t, r in samples if t >= seconds - 60] or [samples[-1][1]]
         summary = load.summary()
         errors = summary["requests"] - summary["by_outcome"].get("200", 0)
-        return {"scenario": "soak", "seconds": seconds, **summary, "errors": errors,
+        return {"scenario": "soak", "seconds": seconds, "rate_limit_per_s": rate, **summary, "errors": errors,
                 "rss_mb_minute_2": statistics.mean(first) / 2**20,
                 "rss_mb_last_minute": statistics.mean(last) / 2**20,
                 "rss_growth_pct": 100 * (statistics.mean(last) / statistics.mean(first) - 1),
@@ -442,7 +587,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     parser.add_argument("--seconds", type=float, default=600.0, help="soak length")
-    parser.add_argument("--http-examples", type=int, default=500, help="fuzz: examples per HTTP operation")
+    parser.add_argument("--rate", type=float, default=100.0, help="soak: requests per second in all")
+    parser.add_argument("--http-examples", type=int, default=60, help="fuzz: examples per HTTP operation")
+    parser.add_argument("--http-mutations", type=int, default=5000, help="fuzz: mutated HTTP requests")
     parser.add_argument("--grpc-requests", type=int, default=5000, help="fuzz: mutated gRPC requests")
     parser.add_argument("--out", type=Path, default=None, help="append each JSON result here")
     args = parser.parse_args()
@@ -451,9 +598,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
             kwargs: dict[str, Any] = {}
             if name == "soak":
-                kwargs["seconds"] = args.seconds
+                kwargs = {"seconds": args.seconds, "rate": args.rate}
             if name == "fuzz":
-                kwargs = {"http_examples": args.http_examples, "grpc_requests": args.grpc_requests}
+                kwargs = {"http_examples": args.http_examples, "http_mutations": args.http_mutations,
+                          "grpc_requests": args.grpc_requests}
             result = SCENARIOS[name](Path(tmp), **kwargs)
         line = json.dumps(result)
         print(line, flush=True)

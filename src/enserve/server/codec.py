@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from enserve.datatypes import v2_datatype
+from enserve.server import jsonscan
 from enserve.server.errors import ServerError
 from enserve.server.limits import Limits
 from enserve.server.protocol import (
@@ -32,10 +35,13 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def decode_infer_request(
-    model_name: str, model_version: str, body: bytes, header_length: int | None, limits: Limits
+    model_name: str, model_version: str, body: bytes | bytearray, header_length: int | None, limits: Limits,
+    reserve: Callable[[int], None] | None = None,
 ) -> InferRequest:
     """Parse an `/infer` body. `header_length` is the `Inference-Header-Content-Length`
-    value (None: the whole body is JSON; 0: a raw binary request)."""
+    value (None: the whole body is JSON; 0: a raw binary request). Big JSON tensor data is
+    parsed straight into arrays; `reserve(nbytes)` is told their total size first (it may
+    refuse by raising)."""
     request = InferRequest(model_name=model_name, model_version=model_version)
     if header_length == 0:
         request.raw_body = body
@@ -43,30 +49,33 @@ def decode_infer_request(
     if header_length is not None and not 0 <= header_length <= len(body):
         raise ServerError(f"{HEADER_LENGTH} {header_length} is outside the body ({len(body)} bytes)")
     view = memoryview(body)
-    header_bytes = view[:header_length] if header_length is not None else view
-    try:
-        header = json.loads(bytes(header_bytes))
-    except (ValueError, RecursionError) as exc:  # incl. ints over 4300 digits
-        raise ServerError(f"request body is not valid JSON: {exc}") from None
-    header = _object(header, "the request")
+    header = _object(jsonscan.loads(body, header_length), "the request")
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
         raise ServerError("'id' must be a string")
     request.id = request_id
-    request.parameters = _object(header.get("parameters"), "'parameters'")
+    budget = [jsonscan.OTHER_NUMBERS_LIMIT]  # big numeric arrays outside the inputs' data
     binary = view[header_length:] if header_length is not None else view[:0]
-    request.inputs = _decode_inputs(header.get("inputs"), binary, limits)
-    request.outputs = _decode_outputs(header.get("outputs"))
+    try:
+        request.parameters = _object(jsonscan.materialize(header.get("parameters"), budget), "'parameters'")
+        outputs = jsonscan.materialize(header.get("outputs"), budget)
+        request.inputs = _decode_inputs(header.get("inputs"), binary, limits, reserve, budget)
+    except RecursionError:
+        raise ServerError("request body is not valid JSON: nested too deeply") from None
+    request.outputs = _decode_outputs(outputs)
     return request
 
 
-def _decode_inputs(inputs: Any, binary: memoryview, limits: Limits) -> dict[str, np.ndarray]:
+def _decode_inputs(inputs: Any, binary: memoryview, limits: Limits,
+                   reserve: Callable[[int], None] | None, budget: list[int]) -> dict[str, np.ndarray]:
     if not isinstance(inputs, list) or not inputs:
         raise ServerError("'inputs' must be a non-empty list")
     arrays: dict[str, np.ndarray] = {}
     offset = 0
+    decoded_bytes = 0
     for i, tensor in enumerate(inputs):
         tensor = _object(tensor, f"inputs[{i}]")
+        tensor = {k: v if k == "data" else jsonscan.materialize(v, budget) for k, v in tensor.items()}
         name = tensor.get("name")
         if not isinstance(name, str):
             raise ServerError(f"inputs[{i}]: 'name' must be a string")
@@ -87,12 +96,32 @@ def _decode_inputs(inputs: Any, binary: memoryview, limits: Limits) -> dict[str,
             arrays[name] = tensor_from_bytes(name, binary[offset : offset + size], dtype, shape)
             offset += size
         elif "data" in tensor:
-            arrays[name] = tensor_from_list(name, tensor["data"], dtype, shape)
+            data = tensor["data"]
+            if jsonscan.has_numbers(data):
+                decoded_bytes += math.prod(shape) * dtype.itemsize
+                if reserve is not None:
+                    reserve(decoded_bytes)
+                data = _big_data(name, data, dtype, shape)
+            arrays[name] = tensor_from_list(name, data, dtype, shape)
         else:
             raise ServerError(f"input '{name}': neither 'data' nor 'binary_data_size' given")
     if offset != len(binary):
         raise ServerError(f"{len(binary) - offset} bytes of binary data follow the last tensor")
     return arrays
+
+
+def _big_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...] | None) -> Any:
+    """`data` with each `Numbers` span parsed into a typed 1-D array (flat data straight
+    into the tensor's buffer, of `shape`)."""
+    def to_array(values: list[Any]) -> np.ndarray:
+        return tensor_from_list(name, values, dtype, (len(values),))
+
+    if isinstance(data, jsonscan.Numbers):
+        out = None if shape is None else np.empty(math.prod(shape), dtype)
+        return jsonscan.numbers(name, data, to_array, out)
+    if isinstance(data, list):
+        return [_big_data(name, v, dtype, None) for v in data]
+    return data
 
 
 def _decode_outputs(outputs: Any) -> list[RequestedOutput] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import traceback
 import zlib
 from typing import Any
 
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from enserve.server import openapi
 from enserve.server.codec import HEADER_LENGTH, encode_infer_response
 from enserve.server.dataplane import DataPlane
-from enserve.server.decoding import THREAD_BYTES
+from enserve.server.decoding import BIG_BYTES, THREAD_BYTES
 from enserve.server.errors import RETRY_AFTER_S, Code, ServerError, as_server_error
 from enserve.server.limits import BodyHold
 
@@ -29,11 +30,12 @@ def error_response(exc: ServerError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.code.http_status, headers=headers)
 
 
-async def read_body(request: Request, limit: int, hold: BodyHold | None = None) -> bytes:
+async def read_body(request: Request, limit: int, hold: BodyHold | None = None) -> bytes | bytearray:
     """The request body, decompressed per `Content-Encoding`, never more than `limit` bytes.
 
     With `hold`, the body's bytes are reserved in the server's body budget: the declared
-    size before the first byte is read (503 when it does not fit), else as chunks arrive."""
+    size before the first byte is read (503 when it does not fit), else as chunks arrive.
+    A big declared body is read into one buffer of its size (no second copy to join)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
@@ -42,16 +44,19 @@ async def read_body(request: Request, limit: int, hold: BodyHold | None = None) 
             raise ServerError(f"request body of {declared} bytes exceeds the limit {limit}", Code.TOO_LARGE)
         if hold is not None:
             hold.grow_to(int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServerError(f"request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
-        if hold is not None:
-            hold.grow_to(size)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    if declared is not None and int(declared) > OFFLOAD_BYTES:
+        body: bytes | bytearray = await _read_into(request, bytearray(int(declared)))
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServerError(f"request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
+            if hold is not None:
+                hold.grow_to(size)
+            chunks.append(chunk)
+        body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -64,7 +69,21 @@ async def read_body(request: Request, limit: int, hold: BodyHold | None = None) 
     return data
 
 
-def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+async def _read_into(request: Request, buffer: bytearray) -> bytearray:
+    """Fill `buffer` (the declared Content-Length) from the request's stream."""
+    view = memoryview(buffer)
+    size = 0
+    async for chunk in request.stream():
+        if size + len(chunk) > len(buffer):  # the HTTP parser frames by Content-Length
+            raise ServerError("request body longer than its Content-Length")
+        view[size:size + len(chunk)] = chunk
+        size += len(chunk)
+    if size != len(buffer):
+        raise ServerError(f"request body of {size} bytes, {len(buffer)} declared")
+    return buffer
+
+
+def _inflate(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     inflater = zlib.decompressobj(_WBITS[encoding])
     try:
         data = inflater.decompress(body, limit + 1)
@@ -73,6 +92,18 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     if len(data) > limit or inflater.unconsumed_tail:
         raise ServerError(f"decompressed request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
     return data
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Drop the locals of the finished frames `exc` went through: a refused 60 MB body and
+    the arrays decoded from it are freed now, not when the cyclic GC next finds the
+    exception's reference cycle (the body budget has already counted them as released)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
@@ -121,6 +152,7 @@ def build_app(plane: DataPlane) -> FastAPI:
 
     @app.exception_handler(ServerError)
     async def _server_error(request: Request, exc: ServerError) -> Response:
+        forget_frames(exc)
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
@@ -130,6 +162,7 @@ def build_app(plane: DataPlane) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
+        forget_frames(exc)
         return error_response(as_server_error(exc))
 
     def status(ok: bool, key: str) -> Response:
@@ -179,11 +212,14 @@ def build_app(plane: DataPlane) -> FastAPI:
         with plane.refusals_counted(model):
             header_length = _header_length(request.headers.get(HEADER_LENGTH))
             plane.admission.check()  # refuse an overloaded or draining server before reading the body
-        with plane.body_budget.hold() as hold:
+        declared = request.headers.get("content-length", "")
+        big = declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) > BIG_BYTES
+        with plane.body_budget.hold() as hold, plane.decoder.trimmer.big_body(big):
             with plane.refusals_counted(model):
                 body = await read_body(request, limit, hold)
-                infer_request = await plane.decoder.decode(model, version, body, header_length,
-                                                           plane.limits)
+                infer_request = await plane.decoder.decode(
+                    model, version, body, header_length, plane.limits,
+                    reserve=lambda nbytes: hold.grow_to(len(body) + nbytes))
             response = await plane.infer(infer_request)
             if len(body) > OFFLOAD_BYTES or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
                 payload, json_length = await asyncio.to_thread(encode_infer_response, response, infer_request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ class Limits:
     request_timeout_s: float | None = 60.0
     """Deadline of a request that sets no `timeout` of its own (None: none)."""
     body_budget_bytes: int = 256 * 1024 * 1024
-    """Bytes of request bodies (HTTP) held at once; a body that does not fit gets 503 before
-    it is read."""
+    """Bytes of request bodies (HTTP) held at once, with the arrays their JSON tensor data
+    decodes to; a body that does not fit gets 503 before it is read (or decoded)."""
     max_header_bytes: int = 64 * 1024
     """Largest request line plus headers (HTTP; else 431)."""
     header_timeout_s: float = 10.0
@@ -40,25 +41,30 @@ class Limits:
 
 class BodyBudget:
     """Bytes of request bodies held at once. A body is admitted (its declared size reserved)
-    before it is read; a body without a declared size reserves as it arrives."""
+    before it is read; a body without a declared size reserves as it arrives; the arrays
+    its JSON tensor data decodes to are reserved before they are made. Thread-safe (bodies
+    are decoded in threads)."""
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
         self.held = 0
+        self._lock = threading.Lock()
 
     def reserve(self, nbytes: int) -> None:
         if nbytes <= 0:
             return
-        if self.held + nbytes > self.budget_bytes:
-            raise ServerError(
-                f"server busy: {self.held} bytes of request bodies in flight, {nbytes} more do not fit "
-                f"the budget of {self.budget_bytes}; retry later",
-                Code.UNAVAILABLE,
-            )
-        self.held += nbytes
+        with self._lock:
+            if self.held + nbytes > self.budget_bytes:
+                raise ServerError(
+                    f"server busy: {self.held} bytes of request bodies in flight, {nbytes} more do not "
+                    f"fit the budget of {self.budget_bytes}; retry later",
+                    Code.UNAVAILABLE,
+                )
+            self.held += nbytes
 
     def release(self, nbytes: int) -> None:
-        self.held = max(0, self.held - nbytes)
+        with self._lock:
+            self.held = max(0, self.held - nbytes)
 
     @contextmanager
     def hold(self) -> Iterator[BodyHold]:

@@ -39,7 +39,7 @@ class InferRequest:
     parameters: Parameters = field(default_factory=dict)
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
-    raw_body: bytes | None = None
+    raw_body: bytes | bytearray | None = None
     """The HTTP "raw binary request" (whole body is the model's single input)."""
     deadline: float | None = None
     """time.monotonic() by which the answer is due (from `timeout` or the gRPC deadline)."""
@@ -89,7 +89,7 @@ def tensor_shape(name: str, shape: Any, limits: Limits) -> tuple[int, ...]:
 
 
 def tensor_from_bytes(
-    name: str, data: bytes | memoryview, dtype: np.dtype, shape: tuple[int, ...]
+    name: str, data: bytes | bytearray | memoryview, dtype: np.dtype, shape: tuple[int, ...]
 ) -> np.ndarray:
     """A zero-copy view of little-endian raw bytes; the size must match exactly."""
     expected = math.prod(shape) * dtype.itemsize
@@ -98,12 +98,14 @@ def tensor_from_bytes(
             f"input '{name}': {len(data)} bytes of data for shape {list(shape)} "
             f"of {dtype.name} ({expected} bytes expected)"
         )
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
+    arr.flags.writeable = False  # a view of the request body (a bytearray when big)
+    return arr
 
 
 def tensor_from_list(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """A tensor from JSON `data` (flat or nested, row-major), with type and range checks."""
-    if not isinstance(data, list):
+    if not isinstance(data, list | np.ndarray):
         raise ServerError(f"input '{name}': 'data' must be a list")
     try:
         arr = np.asarray(data)
@@ -126,7 +128,7 @@ def tensor_from_list(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ..
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
             raise ServerError(f"input '{name}': values outside the range of {dtype.name}")
-    return arr.astype(dtype).reshape(shape)
+    return arr.astype(dtype, copy=False).reshape(shape)
 
 
 def timeout_deadline(parameters: Parameters, now: float) -> float | None:
