@@ -20,6 +20,7 @@ from enserve.reference import ReferenceExecutor
 from enserve.server.backend import ReferenceBackend
 from enserve.server.dataplane import DataPlane
 from enserve.server.errors import Code, ServerError
+from enserve.server.policy import PolicyFiles
 from enserve.server.protocol import InferRequest, InferResponse
 from enserve.server.repository import ModelRepository
 from tests.helpers.policies import make_spec, random_inputs
@@ -37,6 +38,7 @@ def plane(tmp_path: Path) -> Iterator[DataPlane]:
     make_spec(tmp_path / "quad")
     plane = DataPlane(ModelRepository(tmp_path, ReferenceBackend, unload_timeout_s=5))
     plane.started = True
+    plane.policies = PolicyFiles(recheck_s=0.0)  # these tests rewrite policy.json between requests
     yield plane
     _close(plane)
 
@@ -177,3 +179,20 @@ def test_grpc_response_carries_the_policy_parameters() -> None:
     assert params["members"].string_param == "a,b"
     assert params["partial"].bool_param is True
     assert params["rows"].int64_param == 3
+
+
+def test_policy_file_is_looked_at_once_per_recheck_period(tmp_path: Path) -> None:
+    (tmp_path / "quad").mkdir()
+    spec = make_spec(tmp_path / "quad")
+    now = [0.0]
+    files = PolicyFiles(recheck_s=1.0, clock=lambda: now[0])
+    assert files.policy(spec).default == "full"
+    save_policy(Policy("cascade", Cascade((Stage(("a",), NEVER), Stage(("b", "c", "d"))))),
+                tmp_path / "quad" / "policy.json")
+    now[0] = 0.5
+    assert files.policy(spec).default == "full"  # not looked at again yet
+    now[0] = 1.5
+    assert files.policy(spec).default == "cascade"
+    (tmp_path / "quad" / "policy.json").unlink()
+    now[0] = 3.0
+    assert files.policy(spec).default == "full"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,8 @@ class _Guarded(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_headers = True  # reading a request line and headers (or waiting for one)
         self._header_bytes = 0
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._header_due: float | None = None  # loop time by which the headers must be in
+        self._body_due: float | None = None  # loop time by which more body must arrive
         self._reading_body = False
         self._refused = False
         self._draining = False
@@ -87,6 +88,7 @@ class _Guarded(HttpToolsProtocol):
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _sweeper(self.loop, self.limits).add(self)
         if len(self.connections) > self.limits.max_connections:
             self._refuse(503, "too many open connections; retry later")
             return
@@ -94,6 +96,7 @@ class _Guarded(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        _sweeper(self.loop, self.limits).discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -112,7 +115,7 @@ class _Guarded(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_headers, self._header_bytes = True, 0
-        if self._header_timer is None:
+        if self._header_due is None:
             self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
@@ -151,35 +154,36 @@ class _Guarded(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
 
-    # --- timers -------------------------------------------------------------------------
+    # --- timers (deadlines checked by the loop's sweeper: no timer object per request) ---
     def _arm_header_timer(self) -> None:
-        self._cancel(header=True)
-        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+        self._header_due = self.loop.time() + self.limits.header_timeout_s
 
     def _arm_body_timer(self) -> None:
-        self._cancel(header=False)
-        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timeout)
+        self._body_due = self.loop.time() + self.limits.body_timeout_s
 
     def _cancel(self, header: bool) -> None:
-        timer = self._header_timer if header else self._body_timer
-        if timer is not None:
-            timer.cancel()
         if header:
-            self._header_timer = None
+            self._header_due = None
         else:
-            self._body_timer = None
+            self._body_due = None
 
     def _cancel_timers(self) -> None:
-        self._cancel(header=True)
-        self._cancel(header=False)
+        self._header_due = self._body_due = None
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the sweeper: act on a phase that ran past its time."""
+        if self._header_due is not None and now >= self._header_due:
+            self._header_timeout()
+        if self._body_due is not None and now >= self._body_due:
+            self._body_timeout()
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
+        self._header_due = None
         if self._in_headers and (self.cycle is None or self.cycle.response_complete):
             self._refuse(408, f"request headers not received within {self.limits.header_timeout_s:g} s")
 
     def _body_timeout(self) -> None:
-        self._body_timer = None
+        self._body_due = None
         if not self._reading_body or self.cycle is None or self.cycle.response_complete:
             return
         if self.flow.read_paused:  # the server is not reading: not the client's delay
@@ -204,3 +208,49 @@ class _Guarded(HttpToolsProtocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.close()
+
+
+class _Sweeper:
+    """Checks the open guarded connections of one event loop every `period_s` for a header
+    or body deadline passed. One periodic callback per loop replaces a timer armed and
+    cancelled per request (two or three per request on a keep-alive connection)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float) -> None:
+        self.loop = loop
+        self.period_s = period_s
+        self.connections: set[_Guarded] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, connection: _Guarded) -> None:
+        self.connections.add(connection)
+        if self._handle is None:
+            self._handle = self.loop.call_later(self.period_s, self._tick)
+
+    def discard(self, connection: _Guarded) -> None:
+        self.connections.discard(connection)
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = self.loop.time()
+        for connection in list(self.connections):
+            try:
+                connection.check_deadlines(now)
+            except Exception:  # one connection's trouble never stops the others' checks
+                log.exception("connection deadline check failed")
+        if self.connections:
+            self._handle = self.loop.call_later(self.period_s, self._tick)
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ConnectionLimits, _Sweeper]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _sweeper(loop: asyncio.AbstractEventLoop, limits: ConnectionLimits) -> _Sweeper:
+    """The loop's sweeper for connections under `limits`; it checks ten times per the
+    shorter timeout (at most once a second, at least every 50 ms)."""
+    per_loop = _SWEEPERS.setdefault(loop, {})
+    sweeper = per_loop.get(limits)
+    if sweeper is None:
+        period = min(1.0, max(0.05, min(limits.header_timeout_s, limits.body_timeout_s) / 10))
+        sweeper = per_loop[limits] = _Sweeper(loop, period)
+    return sweeper

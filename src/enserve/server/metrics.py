@@ -9,6 +9,7 @@ for the slowest member) and combine time.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -227,9 +228,10 @@ def _tree_lines() -> list[str]:
 
 
 def _gpu_lines() -> list[str]:
+    torch = sys.modules.get("torch")  # a server whose members run elsewhere never imports it
+    if torch is None:
+        return []
     try:
-        import torch
-
         if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return []  # never create a CUDA context just to report on it
         count = torch.cuda.device_count()

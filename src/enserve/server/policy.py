@@ -9,8 +9,9 @@ requests into one batch (re-batching).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -45,20 +46,28 @@ class PolicyOutcome:
 
 
 class PolicyFiles:
-    """Each ensemble's `policy.json`, read once per change of the file."""
+    """Each ensemble's `policy.json`, read once per change of the file; the file is looked
+    at (one `stat`) at most every `recheck_s` seconds, not on every request."""
 
-    def __init__(self) -> None:
-        self._cache: dict[Path, tuple[float, Policy]] = {}
+    def __init__(self, recheck_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.recheck_s = recheck_s
+        self._clock = clock
+        self._cache: dict[Path, tuple[float | None, Policy]] = {}  # path -> (mtime, policy)
+        self._checked: dict[Path, float] = {}  # path -> when its mtime was last read
 
     def policy(self, spec: EnsembleSpec) -> Policy:
         path = spec.base_dir / POLICY_FILE
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            return Policy()
+        now = self._clock()
         cached = self._cache.get(path)
+        if cached is not None and now - self._checked.get(path, -math.inf) < self.recheck_s:
+            return cached[1]
+        self._checked[path] = now
+        try:
+            mtime: float | None = path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
         if cached is None or cached[0] != mtime:
-            cached = self._cache[path] = (mtime, load_policy(path, spec))
+            cached = self._cache[path] = (mtime, Policy() if mtime is None else load_policy(path, spec))
         return cached[1]
 
     def request(self, spec: EnsembleSpec, parameters: Mapping[str, Any] | None) -> RequestPolicy:
