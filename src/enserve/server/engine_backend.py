@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from enserve.formats.profile import Profile, load_profile
 from enserve.result import ValidInputs
 from enserve.server.backend import Outcome, Timing
 from enserve.spec import EnsembleSpec
+
+if TYPE_CHECKING:
+    from enserve.profiler.background import BackgroundRefiner
 
 PLAN_FILE = "plan.json"
 PROFILE_FILE = "profile.json"
@@ -47,7 +50,7 @@ def _needs_new_plan(plan: Plan | None, profile: Profile | None, plan_policy: str
             and mismatch(plan, current_hardware()) is not None)
 
 
-def _say(name: str) -> Any:
+def _say(name: str) -> Callable[[str], None]:
     import sys
 
     def say(line: str) -> None:
@@ -64,7 +67,7 @@ class EngineBackend:
         self.spec = spec
         self._engine_args: dict[str, Any] = {"max_batch": max_batch, "max_queue": max_queue,
                                              "task_timeout_s": hang_timeout_s}
-        self.refiner: Any = None
+        self.refiner: BackgroundRefiner | None = None
         plan, profile = folder_plan(spec)
         if refine_profile and _needs_new_plan(plan, profile, plan_policy):
             # A first plan within a minute, refined while serving (docs/profiling.md).
