@@ -36,6 +36,21 @@ def _wait_ready(engine: Engine, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _kill_and_wait_replaced(engine: Engine, prefix: str, timeout: float = 60.0) -> None:
+    """Kill the member's worker and wait until a new process runs it and the engine is
+    healthy (the engine may not have noticed the death when the kill returns)."""
+    old = _pid(engine, prefix)
+    _kill(old)
+    deadline = time.monotonic() + timeout
+    def current() -> int | None:
+        return next((pid for label, pid in engine.worker_pids().items() if label.startswith(prefix)),
+                    None)
+
+    while current() in (old, None) or engine.unhealthy() is not None:
+        assert time.monotonic() < deadline, engine.unhealthy()
+        time.sleep(0.05)
+
+
 def _kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -55,8 +70,7 @@ def test_no_lifetime_cap_on_restarts(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, ["net_a", "net_b"])
     with Engine(spec, max_batch=4) as engine:
         for _ in range(6):
-            _kill(_pid(engine, "net_b"))
-            _wait_ready(engine)
+            _kill_and_wait_replaced(engine, "net_b")
             assert engine.infer_sync(_x(2), timeout=30).probabilities.shape == (2, 5)
         assert engine.member_health()["net_b_1"] == (True, 6)
 
@@ -93,8 +107,7 @@ def test_crash_loop_backs_off_then_recovers_by_itself(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, ["net_a", "net_b"])
     policy = RestartPolicy(burst=1, window_s=60, backoff_s=1.0)
     with Engine(spec, max_batch=4, restart_policy=policy) as engine:
-        _kill(_pid(engine, "net_b"))  # within the burst: restarted at once
-        _wait_ready(engine)
+        _kill_and_wait_replaced(engine, "net_b")  # within the burst: restarted at once
         _kill(_pid(engine, "net_b"))  # beyond it: backs off
         deadline = time.monotonic() + 10
         while engine.stats()["instances"][1]["state"] != "backoff":
