@@ -192,3 +192,11 @@ class ReferenceBackend:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.shutdown)
+
+
+def engine_outcome(result: EnsembleResult, started: float) -> Outcome:
+    """An engine's answer with its timing: the engine's own queue time, the rest of the time
+    since `started` (time.perf_counter()) as compute, per-member times as measured."""
+    total = time.perf_counter() - started
+    return Outcome(result, Timing(queue_s=result.queue_s, compute_s=max(0.0, total - result.queue_s),
+                                  member_s=dict(result.member_s)))

@@ -18,7 +18,7 @@ import numpy as np
 from enserve.formats.plan import Plan, load_plan
 from enserve.formats.profile import Profile, load_profile
 from enserve.result import ValidInputs
-from enserve.server.backend import Outcome, Timing
+from enserve.server.backend import Outcome, Timing, engine_outcome
 from enserve.spec import EnsembleSpec
 
 if TYPE_CHECKING:
@@ -104,11 +104,7 @@ class EngineBackend:
     async def infer(self, inputs: ValidInputs, outputs: Sequence[str],
                     deadline: float | None) -> Outcome:
         started = time.perf_counter()
-        result = await self.engine.infer(inputs, outputs, deadline)
-        total = time.perf_counter() - started
-        return Outcome(result, Timing(queue_s=result.queue_s,
-                                      compute_s=max(0.0, total - result.queue_s),
-                                      member_s=dict(result.member_s)))
+        return engine_outcome(await self.engine.infer(inputs, outputs, deadline), started)
 
     def unhealthy(self) -> str | None:
         """Why the ensemble cannot answer now (a member without a ready worker), or None."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from enserve.datatypes import numpy_dtype
 from enserve.result import ValidInputs
-from enserve.server.backend import Outcome, Timing
+from enserve.server.backend import Outcome, engine_outcome
 from enserve.server.engine_backend import folder_plan
 from enserve.spec import EnsembleSpec
 
@@ -46,11 +46,7 @@ class RayBackend:
     async def infer(self, inputs: ValidInputs, outputs: Sequence[str],
                     deadline: float | None) -> Outcome:
         started = time.perf_counter()
-        result = await self.engine.infer(inputs, outputs, deadline)
-        total = time.perf_counter() - started
-        return Outcome(result, Timing(queue_s=result.queue_s,
-                                      compute_s=max(0.0, total - result.queue_s),
-                                      member_s=dict(result.member_s)))
+        return engine_outcome(await self.engine.infer(inputs, outputs, deadline), started)
 
     def stats(self) -> dict[str, Any]:
         return self.engine.stats()

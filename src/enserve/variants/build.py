@@ -22,7 +22,7 @@ from enserve.members.preprocess import Preprocessor
 from enserve.spec import EnsembleSpec, MemberSpec
 from enserve.variants.artifacts import artifact_path as _artifact_path
 from enserve.variants.fingerprint import atomic_write_target
-from enserve.variants.names import VARIANTS, available_variants
+from enserve.variants.names import runnable_member
 from enserve.variants.samples import random_request
 
 ONNX_OPSET = 18
@@ -254,15 +254,7 @@ def build_variant(
     exported artifacts. Admission (matching the eager output) is checked by
     `check_variant`, not here.
     """
-    member_spec = spec.member(member) if isinstance(member, str) else member
-    if variant not in VARIANTS:
-        raise SpecError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
-    allowed = available_variants(member_spec, include_opt_in=True)
-    if variant not in allowed:
-        raise SpecError(
-            f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
-            f"'{variant}'; available: {', '.join(allowed)}"
-        )
+    member_spec = runnable_member(spec, member, variant)
     if variant == "int8":
         if device != "cpu":
             raise ModelLoadError(f"member '{member_spec.name}': int8 runs on the CPU only")

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enserve.errors import SpecError
 from enserve.members import Member, OnnxMember, load_member
 from enserve.members.preprocess import Preprocessor
 from enserve.spec import EnsembleSpec, MemberSpec
 from enserve.variants.artifacts import artifact_path
-from enserve.variants.names import VARIANTS, available_variants
+from enserve.variants.names import runnable_member
 
 
 def cached_onnx(spec: EnsembleSpec, member: MemberSpec, cache_dir: Path | None) -> Path | None:
@@ -36,15 +35,7 @@ def load_variant(
     exported artifacts. Admission (matching the eager output) is checked by
     `check_variant`, not here.
     """
-    member_spec = spec.member(member) if isinstance(member, str) else member
-    if variant not in VARIANTS:
-        raise SpecError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
-    allowed = available_variants(member_spec, include_opt_in=True)
-    if variant not in allowed:
-        raise SpecError(
-            f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
-            f"'{variant}'; available: {', '.join(allowed)}"
-        )
+    member_spec = runnable_member(spec, member, variant)
     if member_spec.kind in ("onnx", "simulate"):  # neither runs PyTorch
         return load_member(spec, member_spec, threads=max(1, threads))
     if variant == "onnx" and device == "cpu":

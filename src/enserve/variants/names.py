@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from enserve.spec import MemberSpec
+from enserve.errors import SpecError
+from enserve.spec import EnsembleSpec, MemberSpec
 
 #: Every variant name, in the order the profiler tries them.
 VARIANTS = ("eager", "channels_last", "torchscript", "onnx", "export", "compile", "bf16", "int8",
@@ -35,3 +36,18 @@ def available_variants(member: MemberSpec, include_opt_in: bool = False) -> list
     if member.kind == "simulate":  # a simulated member runs one way (enserve.members.simulated)
         return ["eager"]
     return [v for v in VARIANTS if include_opt_in or v not in OPT_IN]
+
+
+def runnable_member(spec: EnsembleSpec, member: str | MemberSpec, variant: str) -> MemberSpec:
+    """The member's spec, once `variant` is known and one this member can run (SpecError
+    naming the variants it can run otherwise)."""
+    member_spec = spec.member(member) if isinstance(member, str) else member
+    if variant not in VARIANTS:
+        raise SpecError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
+    allowed = available_variants(member_spec, include_opt_in=True)
+    if variant not in allowed:
+        raise SpecError(
+            f"member '{member_spec.name}' (source {member_spec.source}) cannot run as "
+            f"'{variant}'; available: {', '.join(allowed)}"
+        )
+    return member_spec
