@@ -98,6 +98,9 @@ class BatchBook:
         self.spare_slots: queue.Queue[int] = queue.Queue()
         self.normal_slots = slots
         self.inflight = 0
+        # Requests in the batch answered last: more than one means several callers wait on
+        # the engine at once, and their next requests come back together (a burst to batch).
+        self.last_batch_requests = 0
         self.ids = itertools.count()
         self.outputs: Arena | None = None  # created once the first worker tells its shape
         self.policy_counts = {"partial_answers": 0, "deadline_failures": 0}
@@ -193,6 +196,7 @@ class BatchBook:
                 self.counters.completed += 1
                 self.counters.latencies.append(now - r.submitted)
             batch.closed = True
+            self.last_batch_requests = len(batch.requests)
             self.maybe_retire(batch)
 
     def _logits(self, batch: Batch, request: PendingRequest, rows: slice,

@@ -3,11 +3,10 @@
 `Engine` owns the lifecycle (start, stop) and submission; the work around the workers
 runs on three threads in the calling process:
 - the caller's thread validates a request and queues it (a full queue rejects it);
-- the dispatcher gathers queued requests into one batch, writes it once into a free slot
-  of the shared input arena and hands every unit its chunks (`Task` messages);
-- the collector reads `Done` messages (and notices dead workers); as soon as a unit has
-  written its logits for every row of a batch they are folded into the batch's running
-  combination, and when the last unit is in, that batch's requests are answered.
+- the dispatcher (`runtime.dispatcher`) gathers queued requests into one batch, writes it
+  once into a free slot of the shared input arena and hands every unit its chunks;
+- the collector (`runtime.collector`) reads what the workers send and notices their
+  deaths; a batch's requests are answered when its last unit is in.
 Batch bookkeeping is `runtime.batches`, calibration and pinning `runtime.placement`,
 crashed and hung workers `runtime.faults`.
 """
@@ -26,7 +25,6 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,7 +36,6 @@ from enserve.errors import (
     DeadlineError,
     EnserveError,
     InferenceError,
-    MemberFailedError,
     ModelLoadError,
     SpecError,
     UnavailableError,
@@ -47,11 +44,13 @@ from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
 from enserve.members.slowed import slow_members
 from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows, fail_expired
-from enserve.runtime.batches import BatchBook, Chunk, fail_future
+from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue
+from enserve.runtime.batches import BatchBook, fail_future
+from enserve.runtime.collector import Collector
 from enserve.runtime.corelocks import create_lock_dir, remove_lock_dir
+from enserve.runtime.dispatcher import Dispatcher
 from enserve.runtime.faults import Faults
-from enserve.runtime.messages import Attach, Done, Failed, FromWorker, Pin, Ready, Task
+from enserve.runtime.messages import Pin, Task
 from enserve.runtime.placement import (
     WorkerConfig,
     available_cores,
@@ -62,11 +61,10 @@ from enserve.runtime.placement import (
     execution_units,
     measure_costs,
 )
-from enserve.runtime.restarts import RestartPolicy, pid_alive
+from enserve.runtime.restarts import RestartPolicy
 from enserve.runtime.shm import Arena, ArrayField
 from enserve.runtime.stats import EngineCounters, instance_summary, member_summary, percentiles
 from enserve.runtime.supervisor import WorkerHandle, stop_workers, worker_context
-from enserve.runtime.worker import output_field
 from enserve.spec import EnsembleSpec, load_spec
 
 log = logging.getLogger("enserve.runtime")
@@ -137,8 +135,8 @@ class Engine:
         self._member_names = [m.name for m in self.spec.members]
         self._outputs_known = output_names(self.spec)
         slow = slow_members()  # test hook: ENSERVE_SLOW_MEMBERS
-        self._delays = {u: max((slow.get(m, 0.0) for m in covered), default=0.0)
-                        for u, covered in self.units.items()}
+        delays = {u: max((slow.get(m, 0.0) for m in covered), default=0.0)
+                  for u, covered in self.units.items()}
         self._ctx = worker_context(start_method)
         self._exclusive_cores = exclusive_cores and pin
         self._lock_dir: str | None = None
@@ -151,15 +149,21 @@ class Engine:
         self._changed = threading.Condition(self._lock)
         self._counters = EngineCounters()
         self._book = BatchBook(self.spec, self.units, 0, self._counters, self._changed)
-        self._faults = Faults(self._handles, self._by_unit, self._book, self._changed,
-                              self._start_worker, self._assign, lambda: self._state,
-                              self._wake, max_restarts, restart_policy or RestartPolicy(),
-                              start_timeout_s, task_timeout_s)
-        self._calibration: dict[int, float] = {}
-        self._calibration_ids = itertools.count(1)
-        self._inputs: Arena | None = None
         self._state = "new"  # new → starting → running → stopping → stopped
         self._wake_r, self._wake_w = os.pipe()
+        self._dispatcher = Dispatcher(self._book, self._by_unit, self._requests, self._gatherer,
+                                      self._lock, self._counters, delays, self._engine_state,
+                                      self._wake)
+        self._faults = Faults(self._handles, self._by_unit, self._book, self._changed,
+                              self._start_worker, self._dispatcher.assign, self._engine_state,
+                              self._wake, max_restarts, restart_policy or RestartPolicy(),
+                              start_timeout_s, task_timeout_s)
+        self._collector = Collector(self._handles, self._book, self._faults, self._dispatcher,
+                                    self._changed, self._engine_state, self._wake_r,
+                                    len(self._member_names), max_batch,
+                                    self._slots + self._spare_slots)
+        self._calibration_ids = itertools.count(1)
+        self._inputs: Arena | None = None
         self._threads: list[threading.Thread] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -171,12 +175,13 @@ class Engine:
         atexit.register(_stop_at_exit, weakref.ref(self))
         try:
             self._inputs = Arena.create(self._input_fields(), self._slots + self._spare_slots)
+            self._dispatcher.inputs = self._inputs
             if self._exclusive_cores:
                 self._lock_dir = create_lock_dir(self.cores)
             for h in self._handles:
                 h.start(self._ctx, self.spec, self._inputs.layout, None, self._lock_dir,
                         self.cache_dir)
-            self._spawn_thread(self._collect_loop, "collector")
+            self._spawn_thread(self._collector.run, "collector")
             self._wait_ready()
             if self._auto_pin:
                 self._pin_balanced()
@@ -185,7 +190,7 @@ class Engine:
                 self._book.release_slot(slot)
             self._counters.reset()
             self._state = "running"
-            self._spawn_thread(self._dispatch_loop, "dispatcher")
+            self._spawn_thread(self._dispatcher.run, "dispatcher")
         except BaseException:
             self._shutdown(drain_timeout_s=0.0)
             raise
@@ -265,7 +270,7 @@ class Engine:
         future: Future[EnsembleResult] = Future()
         request = PendingRequest(arrays, arrays.rows, future, logits, deadline, members=subset,
                                  answer_by=answer_by, min_members=min_members)
-        if self._launch_now(request):
+        if self._dispatcher.launch_now(request):
             return future
         try:
             self._requests.put(request)
@@ -436,108 +441,13 @@ class Engine:
         task_id = -next(self._calibration_ids)  # negative ids: calibration, not a batch
         with self._changed:
             h.send(Task(task_id, 0, 0, rows))
-            if self._changed.wait_for(lambda: task_id in self._calibration,
+            calibration = self._collector.calibration
+            if self._changed.wait_for(lambda: task_id in calibration,
                                       timeout=CALIBRATION_TIMEOUT_S):
-                return self._calibration.pop(task_id)
+                return calibration.pop(task_id)
         return None
 
-    # ----------------------------------------------------------------- dispatcher
-    def _launch_now(self, request: PendingRequest) -> bool:
-        """On an idle engine, launch a lone request from the caller's thread: one thread
-        hop less than going through the dispatcher (there is nothing to batch it with)."""
-        if self._book.inflight or self._requests.depth() or self._state != "running":
-            return False
-        try:
-            slot = self._book.free_slots.get_nowait()
-        except queue.Empty:
-            return False
-        try:
-            self._launch(slot, [request])
-        except Exception as exc:  # as in the dispatcher: answer, never lose the request
-            log.exception("launch failed")
-            fail_future(request.future, MemberFailedError(f"dispatch failed: {exc}"))
-            self._book.release_slot(slot)
-        return True
-
-    def _dispatch_loop(self) -> None:
-        while True:
-            first = self._gatherer.first()
-            if first is None:
-                return
-            slot = self._book.take_slot(spare_first=first.answer_by is not None)
-            batch = self._gatherer.fill([first])
-            if self._state == "stopped":  # woken by stop() after the drain timed out
-                for r in batch:
-                    fail_future(r.future, UnavailableError("engine stopped"))
-                self._book.release_slot(slot)
-                continue
-            try:
-                self._launch(slot, batch)
-            except Exception as exc:  # never let the dispatcher die silently
-                log.exception("dispatch failed")
-                for r in batch:
-                    fail_future(r.future, MemberFailedError(f"dispatch failed: {exc}"))
-                self._book.release_slot(slot)
-
-    def _launch(self, slot: int, requests: list[PendingRequest]) -> None:
-        requests, late = fail_expired(requests)
-        if late:
-            with self._lock:
-                self._counters.failed += late
-        if not requests:
-            self._book.release_slot(slot)
-            return
-        assert self._inputs is not None
-        offset = 0
-        for r in requests:
-            for name, arr in r.inputs.items():
-                self._inputs.view(name, slot)[offset:offset + r.rows] = arr
-            offset += r.rows
-        with self._lock:
-            batch = self._book.open(slot, requests)
-            if batch.task_deadline is not None or any(r.answer_by for r in requests):
-                os.write(self._wake_w, b"x")  # the collector's next wake-up may come sooner
-            for unit in list(batch.remaining):
-                handles = self._by_unit[unit]
-                usable = [h for h in handles if h.state == "ready"] or handles
-                size = max(h.cfg.batch_size for h in handles)
-                for start, stop in chunk_rows(batch.rows, size, len(usable)):
-                    self._assign(self._book.chunk(batch, unit, start, stop))
-            self._book.maybe_retire(batch)
-
-    def _assign(self, chunk: Chunk) -> None:
-        """Send a chunk to the least-loaded ready instance of its unit (lock held). A chunk
-        of a batch with a deadline waits here while every instance is busy, not in a
-        worker's pipe: at the deadline it is dropped, and its slot freed, at once."""
-        handles = self._by_unit[chunk.member]
-        ready = [h for h in handles if h.state == "ready"]
-        if ready:
-            h = min(ready, key=lambda h: h.outstanding_rows)
-            if chunk.batch.task_deadline is not None and h.inflight:
-                chunk.parked_at = time.monotonic()
-                self._book.backlog[chunk.member].append(chunk)
-                return
-            if not h.inflight:
-                h.last_progress = time.perf_counter()
-            h.inflight[chunk.task_id] = chunk
-            h.outstanding_rows += chunk.rows
-            h.send(Task(chunk.task_id, chunk.batch.slot, chunk.start, chunk.stop,
-                        chunk.batch.task_deadline, self._delays.get(chunk.member, 0.0)))
-            return  # a failed send means the worker died: the collector reassigns it
-        if any(h.state == "starting" for h in handles):
-            chunk.parked_at = time.monotonic()
-            self._book.backlog[chunk.member].append(chunk)
-            return
-        self._book.fail_chunk(chunk, f"member '{chunk.member}' has no running worker now "
-                                     "(restarting after repeated crashes); retry later",
-                              UnavailableError)
-
-    def _next_parked(self, h: WorkerHandle) -> None:
-        """An instance with nothing in flight takes the oldest chunk parked for its unit."""
-        backlog = self._book.backlog[h.cfg.member]
-        if backlog and not h.inflight and h.state == "ready":
-            self._assign(backlog.popleft())
-
+    # ----------------------------------------------------------------- workers
     def _start_worker(self, h: WorkerHandle) -> None:
         """Start a new process for a dead instance (lock held); raises if it cannot."""
         assert self._inputs is not None
@@ -545,136 +455,12 @@ class Engine:
         h.start(self._ctx, self.spec, self._inputs.layout, out_layout, self._lock_dir,
                 self.cache_dir)
 
+    def _engine_state(self) -> str:
+        return self._state
+
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-
-    # ----------------------------------------------------------------- collector
-    def _collect_loop(self) -> None:
-        """Answer workers' messages and supervise them; nothing a worker (or the fork
-        server) does may end this loop: an unexpected error is logged and the loop goes on."""
-        while True:
-            with self._lock:
-                if self._state == "stopped":
-                    return
-            try:
-                self._collect_once()
-            except Exception:
-                log.exception("collector: unexpected error; carrying on")
-                time.sleep(0.05)
-
-    def _collect_once(self) -> None:
-        with self._lock:
-            conns = {h.conn: h for h in self._handles if h.conn is not None}
-            sentinels = {h.process.sentinel: h for h in self._handles
-                         if h.process is not None and not h.sentinel_lost}
-            due = self._book.expire(time.monotonic())
-        timeout = 0.25 if due is None else min(0.25, max(0.0, due - time.monotonic()))
-        ready = wait([self._wake_r, *conns, *sentinels], timeout=timeout)
-        for obj in ready:
-            if obj == self._wake_r:
-                with contextlib.suppress(OSError):
-                    os.read(self._wake_r, 4096)
-            elif obj in conns:
-                self._drain(conns[obj], obj)
-            elif obj in sentinels:
-                h = sentinels[obj]
-                if h.conn is not None:
-                    self._drain(h, h.conn)
-                if h.process is not None and h.process.sentinel == obj:
-                    if h.conn is not None and pid_alive(h.process.pid):
-                        # The fork server died (its pipe is the sentinel), not the worker:
-                        # keep the worker and watch its own pipe for its death.
-                        log.warning("fork server gone; worker %s keeps running", h.label)
-                        h.sentinel_lost = True
-                    else:
-                        self._faults.on_death(h)
-        with self._changed:
-            self._book.expire(time.monotonic())
-        self._faults.kill_hung()
-        self._faults.revive_due()
-
-    def _drain(self, h: WorkerHandle, conn: Connection) -> None:
-        """Handle every message waiting on a worker's pipe; EOF means it died."""
-        try:
-            while conn.poll():
-                self._on_message(h, conn.recv())
-        except (EOFError, OSError):
-            if h.conn is conn:
-                self._faults.on_death(h)
-
-    def _on_message(self, h: WorkerHandle, msg: FromWorker) -> None:
-        if isinstance(msg, Done):
-            self._on_done(h, msg)
-        elif isinstance(msg, Failed):
-            with self._changed:
-                if msg.task_id == -1:
-                    h.startup_error = msg.message
-                    return
-                chunk = h.inflight.pop(msg.task_id, None)
-                if chunk is not None:
-                    h.outstanding_rows -= chunk.rows
-                    self._next_parked(h)
-                    h.stats.failures += 1
-                    self._book.fail_chunk(chunk, f"member '{chunk.member}' failed: "
-                                                 f"{msg.message}")
-        elif isinstance(msg, Ready):
-            self._on_ready(h, msg)
-
-    def _on_done(self, h: WorkerHandle, msg: Done) -> None:
-        with self._changed:
-            if msg.task_id < 0:
-                self._calibration[msg.task_id] = msg.compute_s
-                self._changed.notify_all()
-                return
-            chunk = h.inflight.pop(msg.task_id, None)
-            if chunk is None:
-                return
-            h.last_progress = time.perf_counter()
-            h.outstanding_rows -= chunk.rows
-            self._next_parked(h)
-            if msg.skipped:
-                self._book.skip(chunk)
-                return
-            s = h.stats
-            s.tasks += 1
-            s.rows += chunk.rows
-            s.compute_s += msg.compute_s
-            s.wait_s += msg.wait_s
-            s.chunk_rows.append(chunk.rows)
-            s.compute_samples.append(msg.compute_s)
-            unit_done, finished = self._book.rows_done(chunk)
-        if unit_done:
-            self._book.fold(chunk.batch, chunk.member)
-        if finished:
-            self._book.complete(chunk.batch)
-
-    def _on_ready(self, h: WorkerHandle, msg: Ready) -> None:
-        for note in msg.notes:
-            log.warning(note)
-        with self._changed:
-            if self._book.outputs is None:
-                fields = tuple(ArrayField(output_field(i), "float32",
-                                          (self.max_batch, *msg.output_shape[1:]))
-                               for i in range(len(self._member_names)))
-                self._book.outputs = Arena.create(fields, self._slots + self._spare_slots)
-            expected = self._book.outputs.layout.fields[0].shape[1:]
-            if tuple(msg.output_shape[1:]) != expected:
-                self._faults.startup_errors.append(
-                    f"{h.label} returns logits {list(msg.output_shape)}, other members "
-                    f"{[-1, *expected]}: output shapes must agree")
-                self._changed.notify_all()
-                return
-            if not h.attached:
-                h.send(Attach(self._book.outputs.layout))
-                h.attached = True
-            h.ready, h.state, h.ready_at = msg, "ready", time.perf_counter()
-            backlog = self._book.backlog[h.cfg.member]
-            waiting = list(backlog)
-            backlog.clear()
-            for chunk in waiting:  # in order; deadline chunks beyond a free instance re-park
-                self._assign(chunk)
-            self._changed.notify_all()
 
     # ----------------------------------------------------------------- shutdown
     def _shutdown(self, drain_timeout_s: float) -> None:
