@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from enserve.bench.agreement import LiveAgreement, live_agreement
 from enserve.bench.load import LoadResult, Target, run_load
 from enserve.bench.plans import resolve_plan
 from enserve.bench.remote import RemoteTarget, connect, run_remote_round
 from enserve.bench.targets import InProcessServer, build_baseline
+from enserve.errors import SpecError
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
 from enserve.plan.fusion import plan_groups, unfuse_plan
@@ -224,10 +226,31 @@ class BenchSession:
         report = _report(self.spec, cfg, results, self.described, stats,
                          self.engine.predicted_throughput, self.engine.configs)
         report["enserve"]["memory"] = self.engine.memory()
+        agreement = self._live_agreement()
+        if agreement is not None:
+            report["enserve"]["live_agreement"] = agreement.as_dict()
+            self.progress(f"enserve: {agreement.describe()} (measured now)")
         report["fusion"] = self.fusion
         if self.notes:
             report["notes"] = list(self.notes)
         return report
+
+    def _live_agreement(self) -> LiveAgreement | None:
+        """With the fp32 baseline running and a calibration set in the spec: the plan
+        under test against the fp32 plan on it, both engines serving."""
+        reference = self.engines.get("fp32")
+        if reference is None or self.spec.accuracy is None:
+            return None
+        from enserve.precision.calibration import load_calibration
+
+        try:
+            calibration = load_calibration(self.spec)
+        except SpecError as exc:
+            self.notes.append(f"live agreement skipped: {exc}")
+            return None
+        return live_agreement(lambda x: self.engine.infer_sync(x).probabilities,
+                              lambda x: reference.infer_sync(x).probabilities,
+                              calibration.inputs, calibration.labels, self.cfg.max_batch)
 
     def close(self) -> None:
         if getattr(self, "engine", None) is not None:

@@ -177,6 +177,11 @@ def _print_table(report: dict[str, Any]) -> None:
         from enserve.commands.plan import describe_precision
 
         print(f"enserve {describe_precision(precision)} (measured when planning)")
+    live = report["enserve"].get("live_agreement")
+    if live:
+        from enserve.bench.agreement import LiveAgreement
+
+        print(f"enserve: {LiveAgreement(**live).describe()} (measured in this run)")
     fp32 = report.get("baselines", {}).get("fp32")
     if fp32:
         print("fp32: every member fp32; top-1 agreement with the fp32 ensemble 100% by "
