@@ -28,13 +28,11 @@ def load_variant(
     cache_dir: Path | None = None,
     device: str = "cpu",
 ) -> Member:
-    """Build `member` of `spec` as `variant`, using `threads` intra-op threads.
+    """One instance of `member` as `variant`, as a worker process creates it.
 
-    This is what a worker process calls to create one instance. Torch variants set the
-    process-wide torch thread count. `cache_dir` (default: `default_cache_dir()`) holds
-    exported artifacts. Admission (matching the eager output) is checked by
-    `check_variant`, not here.
-    """
+    ONNX and simulated members load without PyTorch; an ONNX export already in the cache
+    (`cache_dir`) is opened without importing PyTorch either; anything else is built by
+    `enserve.variants.build.build_variant` (same arguments)."""
     member_spec = runnable_member(spec, member, variant)
     if member_spec.kind in ("onnx", "simulate"):  # neither runs PyTorch
         return load_member(spec, member_spec, threads=max(1, threads))
