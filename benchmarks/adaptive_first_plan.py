@@ -69,6 +69,7 @@ def main() -> int:
     from enserve.plan import evaluate, plan
     from enserve.profiler.adaptive_run import adaptive_profile_spec
 
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="enserve-adaptive-"))
     started = time.monotonic()
     data, result, stats = adaptive_profile_spec(
@@ -94,6 +95,7 @@ def main() -> int:
         "admission_checks_run": stats.run_checks,
         "admission_checks_s": stats.check_s, "measurements_s": stats.measure_s,
         "deferred_variants": data["meta"]["adaptive"].get("deferred_variants", {}),
+        "history": data["meta"]["adaptive"]["history"],
         "adaptive_plan": adaptive_plan.to_dict(), "full_plan": full_plan.to_dict(),
         "predicted_on_full_profile": {"adaptive": evaluate(full, adaptive_plan).throughput,
                                       "full": full_plan.predicted.throughput,
@@ -106,6 +108,8 @@ def main() -> int:
     print(f"  admission checks {stats.check_s:.1f} s, measurements {stats.measure_s:.1f} s, "
           f"rest {wall - stats.check_s - stats.measure_s:.1f} s; variants left to the "
           f"background: {out['deferred_variants'] or 'none'}")
+    print("  rounds: " + "; ".join(f"{h['reason']} ({len(h['measured'])} measured)"
+                                   for h in out["history"]))
     print(f"adaptive plan on the full profile: {predicted_ratio:.3f}x the full profile's plan "
           f"({out['predicted_on_full_profile']['adaptive']:.2f} vs "
           f"{full_plan.predicted.throughput:.2f} samples/s predicted)")
@@ -127,12 +131,14 @@ def main() -> int:
               f"{max(measured['full']):.2f} samples/s (best of {args.rounds}): {ratio:.3f}x; "
               f"mean of the rounds {mean['adaptive']:.2f} vs {mean['full']:.2f}: "
               f"{mean['adaptive'] / mean['full']:.3f}x")
+    load = os.getloadavg()
+    out["load_average"] = load
+    out["load_average_at_start"] = load_at_start
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
-    load = os.getloadavg()
-    out["load_average"] = load
-    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; files in {work}")
+    print(f"load average at the start: {load_at_start[0]:.2f}, at the end: {load[0]:.2f} "
+          f"{load[1]:.2f} {load[2]:.2f}; files in {work}")
     return 0
 
 

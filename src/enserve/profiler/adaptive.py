@@ -18,6 +18,20 @@ new machine. The planner needs far fewer points to choose well, if the rest are 
    model was last confirmed by a measurement within `tolerance`. Refit, re-plan, repeat
    until a round finds nothing modelled worth measuring, `max_rounds` rounds ran, or
    `budget_s` is spent.
+4. **Close calls.** Once nothing the plan relies on is modelled, each planned instance's
+   setting and its closest measured alternative (same member and device, within
+   `close_margin` of it by the same measure) are measured again, until each has
+   `close_repeats` measurements; an entry's latency is the mean of its measurements.
+   One noisy measurement then no longer decides between two near-equal settings.
+
+The planner sees the *planning view* of the profile (`planning_profile`): on a CPU a
+setting using k > 1 cores is never credited with more than k times the samples/s of the
+same batch on the fewest cores (parallel efficiency <= 1: a measurement that says more
+is noise), and its latency carries `multicore_penalty` (default 10%): measured alone, a
+multi-core setting over-states what it gets when the cores are time-shared with other
+members' instances (its threads wait for each other whenever one is descheduled). A
+multi-core setting must therefore win clearly to be chosen. The profile returned keeps
+the measured and modelled latencies as they are.
 
 Measured entries are never overwritten by the model; modelled ones carry `"modelled": true`.
 `on_plan` is called with the first plan and with every plan that differs from the one
@@ -107,12 +121,15 @@ class AdaptiveProfiler:
                  tolerance: float = 0.05,
                  screen_ratio: float = 1.5, seed_batch: int = 8, max_rounds: int = 8,
                  budget_s: float | None = None, competitors_per_round: int = 12,
+                 close_margin: float = 0.1, close_repeats: int = 2,
+                 multicore_penalty: float = 0.1, remeasure: Measure | None = None,
                  progress: Progress | None = None,
                  on_plan: Callable[[Plan], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.skeleton = dict(skeleton)
         self.grid = grid
         self._measure = measure
+        self._remeasure = remeasure  # measures again, past any cache (default: `measure`)
         self.planner = planner
         self.objective = objective
         self.margin = margin
@@ -122,6 +139,9 @@ class AdaptiveProfiler:
         self.max_rounds = max_rounds
         self.budget_s = budget_s
         self.competitors_per_round = competitors_per_round
+        self.close_margin = close_margin
+        self.close_repeats = close_repeats
+        self.multicore_penalty = multicore_penalty
         self.progress = progress
         self.on_plan = on_plan  # called with the first plan and with every changed one
         self.clock = clock
@@ -131,30 +151,51 @@ class AdaptiveProfiler:
         self.runs_per_setting = 4
         self.measured: dict[Setting, dict[str, Any]] = {}
         self.failed: set[Setting] = set()
+        self.samples: dict[Setting, list[float]] = {}  # latency of each measurement
         # relative error of the model at the last setting measured after it was fitted
         self.model_error: dict[tuple[str, str | None, str], float] = {}
         self._start = clock()
 
     # -- measuring ------------------------------------------------------------------------
 
-    def measure(self, settings: Iterable[Setting], what: str) -> list[Setting]:
-        todo = [s for s in dict.fromkeys(settings) if s not in self.measured
-                and s not in self.failed]
+    def measure(self, settings: Iterable[Setting], what: str,
+                again: bool = False) -> list[Setting]:
+        """Measure `settings` not measured yet (with `again`: those measured fewer than
+        `close_repeats` times, through `remeasure`); returns those measured."""
+        if again:
+            todo = [s for s in dict.fromkeys(settings) if s in self.measured
+                    and len(self.samples.get(s, ())) < self.close_repeats]
+        else:
+            todo = [s for s in dict.fromkeys(settings) if s not in self.measured
+                    and s not in self.failed]
         if not todo:
             return []
         if self.progress is not None:
             self.progress(what, len(todo))
         models = self.models()
-        for entry in self._measure(todo):
+        measure = self._remeasure if again and self._remeasure is not None else self._measure
+        done: list[Setting] = []
+        for entry in measure(todo):
             key: Setting = (entry["member"], entry.get("variant"), entry["device"],
                             float(entry["share"]), int(entry["batch_size"]))
+            if key not in todo:
+                continue
+            done.append(key)
+            if again:  # the mean of every measurement of the setting
+                samples = self.samples.setdefault(key, [])
+                samples.append(float(entry["latency_s"]))
+                self.measured[key] = {**self.measured[key],
+                                      "latency_s": sum(samples) / len(samples)}
+                continue
             self.measured[key] = dict(entry)
+            self.samples[key] = [float(entry["latency_s"])]
             model = models.get(key[:3])
             if model is not None:  # how far off was the model here?
                 predicted = model.latency(key[4], key[3])
                 self.model_error[key[:3]] = abs(predicted / float(entry["latency_s"]) - 1.0)
-        self.failed.update(s for s in todo if s not in self.measured)
-        return [s for s in todo if s in self.measured]
+        if not again:
+            self.failed.update(s for s in todo if s not in self.measured)
+        return [s for s in todo if s in set(done)]
 
     def _affordable(self, todo: list[Setting]) -> list[Setting]:
         """The first settings of `todo` whose estimated measuring time (the model's latency
@@ -190,8 +231,7 @@ class AdaptiveProfiler:
     def seed_settings(self) -> list[Setting]:
         """Two more points for each variant within `screen_ratio` of its member's fastest."""
         small = min(self.grid.batch_sizes)
-        larger = [b for b in self.grid.batch_sizes if b > small]
-        batch = max([b for b in larger if b <= self.seed_batch] or larger[:1] or [small])
+        batch = self._seed_batch()
         out: list[Setting] = []
         for m, variants in self.grid.variants.items():
             for d, shares in self.grid.shares.items():
@@ -206,6 +246,11 @@ class AdaptiveProfiler:
                         out.append((m, v, d, top, batch))
                         out.append((m, v, d, min(shares), batch))
         return out
+
+    def _seed_batch(self) -> int:
+        small = min(self.grid.batch_sizes)
+        larger = [b for b in self.grid.batch_sizes if b > small]
+        return max([b for b in larger if b <= self.seed_batch] or larger[:1] or [small])
 
     def models(self) -> dict[tuple[str, str | None, str], LatencyModel]:
         """A fitted model per (member, variant, device) with measurements. A variant
@@ -244,6 +289,35 @@ class AdaptiveProfiler:
     def profile(self) -> Profile:
         return profile_from_dict({**self.skeleton, "entries": self.entries()})
 
+    def planning_entries(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """What the planner sees (module docstring): on CPU devices, a setting on k > 1
+        cores is at most k / k0 times faster than the same batch on the fewest cores k0,
+        and its latency carries `multicore_penalty`."""
+        fewest = {d: min(shares) for d, shares in self.grid.shares.items()}
+        base = {(e["member"], e.get("variant"), e["device"], int(e["batch_size"])):
+                float(e["latency_s"]) for e in entries
+                if float(e["share"]) == fewest.get(e["device"])}
+        out = []
+        for e in entries:
+            share = float(e["share"])
+            if self.grid.kinds.get(e["device"], "cpu") != "cpu" or share <= 1.0:
+                out.append(dict(e))
+                continue
+            latency = float(e["latency_s"])
+            low = base.get((e["member"], e.get("variant"), e["device"], int(e["batch_size"])))
+            if low is not None and share > fewest[e["device"]]:
+                latency = max(latency, low * fewest[e["device"]] / share)
+            out.append({**e, "latency_s": latency * (1.0 + self.multicore_penalty)})
+        return out
+
+    def planning_profile(self) -> Profile:
+        """The profile in the planner's view (`planning_entries`)."""
+        return profile_from_dict({**self.skeleton,
+                                  "entries": self.planning_entries(self.entries())})
+
+    def plan(self) -> Plan:
+        return self.planner(self.planning_profile())
+
     # -- refinement -----------------------------------------------------------------------
 
     def competitors(self, plan: Plan, entries: Sequence[Mapping[str, Any]]) -> list[Setting]:
@@ -252,8 +326,10 @@ class AdaptiveProfiler:
                     and self.model_error.get((e["member"], e.get("variant"), e["device"]),
                                              1.0) > self.tolerance]
         out: list[tuple[float, Setting]] = []
+        view = {_key(e): e for e in entries}
         for inst in plan.instances:
-            chosen = self.measured.get(instance_setting(inst))
+            chosen = view.get(instance_setting(inst)) \
+                if instance_setting(inst) in self.measured else None
             if chosen is None:
                 continue
             for e in modelled:
@@ -269,6 +345,27 @@ class AdaptiveProfiler:
             one_each.setdefault(setting[:3], setting)
         return list(one_each.values())[: self.competitors_per_round]
 
+    def close_calls(self, plan: Plan, entries: Sequence[Mapping[str, Any]]) -> list[Setting]:
+        """Planned settings and their closest measured alternative (same member and device,
+        within `close_margin` either way) while either has fewer than `close_repeats`
+        measurements, the closest calls first."""
+        view = {_key(e): e for e in entries}
+        calls: list[tuple[float, Setting, Setting]] = []
+        for inst in plan.instances:
+            mine = instance_setting(inst)
+            if mine not in self.measured or mine not in view:
+                continue
+            rivals = [(self._closeness(view[mine], view[k]), k) for k in self.measured
+                      if k != mine and k[0] == mine[0] and k[2] == mine[2] and k in view]
+            rivals = [(abs(c), k) for c, k in rivals if abs(c) <= self.close_margin]
+            if rivals:
+                closeness, rival = min(rivals, key=lambda r: (r[0], _sort_key(r[1])))
+                calls.append((closeness, mine, rival))
+        calls.sort(key=lambda c: (c[0], _sort_key(c[1])))
+        out = [s for _, mine, rival in calls for s in (mine, rival)
+               if len(self.samples.get(s, ())) < self.close_repeats]
+        return list(dict.fromkeys(out))[: self.competitors_per_round]
+
     def _closeness(self, chosen: Mapping[str, Any], other: Mapping[str, Any]) -> float:
         """Relative advantage of `other` over `chosen` (>= -margin: worth measuring)."""
         if self.objective == "latency":
@@ -280,9 +377,22 @@ class AdaptiveProfiler:
     def run(self) -> AdaptiveResult:
         """Screen, seed, then refine (see the module docstring)."""
         self._start = self.clock()
-        self.measure(self.screen_settings(), "screening variants")
+        if all(len(vs) == 1 for vs in self.grid.variants.values()):
+            # one variant each: every one is seeded, so screen and seed at once (the points
+            # at the largest share then share one measuring child)
+            self.measure([*self.screen_settings(), *self._seed_all()],
+                         "screening and seeding")
+        else:
+            self.measure(self.screen_settings(), "screening variants")
         self.measure(self.seed_settings(), "seeding the latency model")
         return self.refine()
+
+    def _seed_all(self) -> list[Setting]:
+        """`seed_settings` as if every variant were within `screen_ratio`."""
+        small = min(self.grid.batch_sizes)
+        return [(m, v, d, s, self._seed_batch()) for m, v, d in self._keys()
+                for s in {max(self.grid.shares[d]), min(self.grid.shares[d])}
+                if self._seed_batch() != small]
 
     def add_variants(self, variants: Mapping[str, Sequence[str | None]]) -> list[Setting]:
         """Add variants to the grid (admitted later, e.g. in the background) and screen and
@@ -303,7 +413,7 @@ class AdaptiveProfiler:
         plan: Plan | None = None
         converged = False
         for _ in range(self.max_rounds if max_rounds is None else max_rounds):
-            entries = self.entries()
+            entries = self.planning_entries(self.entries())
             profile = profile_from_dict({**self.skeleton, "entries": entries})
             plan = self.planner(profile)
             used = {instance_setting(i) for i in plan.instances}
@@ -319,6 +429,10 @@ class AdaptiveProfiler:
             if not todo:
                 todo = self.competitors(plan, entries)
                 info.reason = "close competitors"
+            again = False
+            if not todo:
+                todo = self.close_calls(plan, entries)
+                info.reason, again = "close calls", True
             if not todo:
                 info.reason = "converged"
                 converged = True
@@ -327,16 +441,20 @@ class AdaptiveProfiler:
             if self.over_budget() or not todo:
                 info.reason = "budget spent"
                 break
-            info.measured = self.measure(todo, f"round {len(rounds)}: {info.reason}")
+            info.measured = self.measure(todo, f"round {len(rounds)}: {info.reason}", again)
             if not info.measured:
                 info.reason += " (measurements failed)"
         final = self.profile()
         if plan is None or not converged:
-            plan = self.planner(final)
+            plan = self.plan()
         n_measured = len(self.measured)
         return AdaptiveResult(final, plan, rounds, n_measured,
                               len(final.entries) - n_measured, converged,
                               self.clock() - self._start)
+
+
+def _key(e: Mapping[str, Any]) -> Setting:
+    return (e["member"], e.get("variant"), e["device"], float(e["share"]), int(e["batch_size"]))
 
 
 def _sort_key(s: Setting) -> tuple[str, str, str, float, int]:

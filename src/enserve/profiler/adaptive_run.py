@@ -167,6 +167,12 @@ class AdaptiveSession:
                            + self.stats.cached_entries - before)
                 return out
 
+            def counted_again(settings: Sequence[Setting]) -> list[dict[str, Any]]:
+                out = self.remeasure(settings)
+                bar.update(task, completed=self.stats.measured_entries
+                           + self.stats.cached_entries - before)
+                return out
+
             def report(what: str, count: int) -> None:
                 current = bar.tasks[0].total or 0
                 bar.update(task, description=what, total=current + count)
@@ -178,7 +184,8 @@ class AdaptiveSession:
             remaining = self.remaining_s()
             self.profiler = AdaptiveProfiler(
                 self.skeleton(), self.grid, counted, self.planner, objective=self.objective,
-                margin=self.margin, budget_s=remaining, progress=report, on_plan=on_plan)
+                margin=self.margin, budget_s=remaining, remeasure=counted_again,
+                progress=report, on_plan=on_plan)
             self._preload()
             result = self.profiler.run()
             # Half the budget or more left: the deferred variants now, member by member
@@ -191,6 +198,7 @@ class AdaptiveSession:
         self.profiler.progress = None
         self.profiler.on_plan = None
         self.profiler._measure = self.measure
+        self.profiler._remeasure = self.remeasure
         return result
 
     def extend(self, bar: Any = None, within_budget: bool = False,
@@ -231,6 +239,14 @@ class AdaptiveSession:
 
     def measure(self, settings: Sequence[Setting]) -> list[dict[str, Any]]:
         return _measure(self.runner, self.checks, {d.id: d for d in self.devices}, settings)
+
+    def remeasure(self, settings: Sequence[Setting]) -> list[dict[str, Any]]:
+        """Measure `settings` again, past the cache (the cache keeps the newest)."""
+        refresh, self.runner.refresh = self.runner.refresh, True
+        try:
+            return self.measure(settings)
+        finally:
+            self.runner.refresh = refresh
 
     def planner(self, profile: Profile) -> Plan:
         return plan(profile, self.algorithm, self.objective, self.constraints)

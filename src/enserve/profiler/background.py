@@ -111,8 +111,8 @@ class BackgroundRefiner:
                 added = self.extend()
                 self.say(f"refining the profile: {len(added)} settings of variants "
                          "admitted after the first plan measured")
-                self._after(self.profiler.planner(self.profiler.profile()),
-                            self.profiler.profile(), started, "added variants")
+                self._after(self.profiler.plan(), self.profiler.profile(), started,
+                            "added variants")
             self.profiler.margin = max(self.profiler.margin, self.margin)
             self.profiler.budget_s = None
             state = "done"
@@ -141,8 +141,9 @@ class BackgroundRefiner:
         """Save the refined profile; switch to `candidate` if it predicts enough gain."""
         if self.save is not None:
             self.save(profile)
-        served = _objective(evaluate(profile, self.serving), self.profiler.objective)
-        best = _objective(evaluate(profile, candidate), self.profiler.objective)
+        view = self.profiler.planning_profile()  # what the planner compared
+        served = _objective(evaluate(view, self.serving), self.profiler.objective)
+        best = _objective(evaluate(view, candidate), self.profiler.objective)
         gain = _gain(best, served, self.profiler.objective)
         measured = len(self.profiler.measured)
         with self._lock:
