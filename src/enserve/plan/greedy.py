@@ -84,9 +84,11 @@ def greedy(problem: Problem, seed: int = 0, share_search_on: bool = True) -> Int
     orders += [list(rng.permutation(problem.n_members))
                for _ in range((2 if large else TARGET_ORDERS) - 1)]
     floor = throughput(problem, best)
-    for order in orders:
-        built = _target_start(problem, floor * 0.5, order)
-        if built is not None:
+    climbed: set[bytes] = set()  # starts already climbed (orders repeat with few members)
+    for order in dict.fromkeys(tuple(o) for o in orders):
+        built = _target_start(problem, floor * 0.5, list(order))
+        if built is not None and built.tobytes() not in climbed:
+            climbed.add(built.tobytes())
             consider(climb(problem, built))
     if problem.objective == "latency" and problem.constraints.min_throughput is not None:
         # also start from the fastest plan ignoring the floor, then add capacity: a climb
