@@ -9,7 +9,9 @@ new machine. The planner needs far fewer points to choose well, if the rest are 
 2. **Seed the model.** Variants within `screen_ratio` of the member's fastest there get two
    more points: a larger batch (`seed_batch`) at the largest share, and the same batch at
    the smallest share. The others keep a one-point model (a rough guess; it is measured if
-   the planner ever picks it).
+   the planner ever picks it). With one variant per member (the first plan) screening
+   and seeding are one step, which also measures the smallest batch at the smallest
+   share: the four corners of the batch x share grid, one measuring child per share.
 3. **Refine.** Plan on measured + modelled entries. Measure every modelled setting the plan
    uses; once all are measured, measure the close competitors: modelled settings of a
    planned member on a device it uses whose samples/s per unit of share (throughput
@@ -199,19 +201,22 @@ class AdaptiveProfiler:
 
     def _affordable(self, todo: list[Setting]) -> list[Setting]:
         """The first settings of `todo` whose estimated measuring time (the model's latency
-        x `runs_per_setting`, plus `overhead_s` each) fits in the budget left."""
+        x `runs_per_setting`, plus `overhead_s` per measuring child: one per member,
+        variant, device and share) fits in the budget left."""
         if self.budget_s is None:
             return todo
         left = self.budget_s - (self.clock() - self._start)
         models = self.models()
         out: list[Setting] = []
+        children: set[tuple[str, str | None, str, float]] = set()
         for s in todo:
             model = models.get(s[:3])
-            cost = self.overhead_s + (self.runs_per_setting * model.latency(s[4], s[3])
-                                      if model is not None else 0.0)
+            cost = (0.0 if s[:4] in children else self.overhead_s) + (
+                self.runs_per_setting * model.latency(s[4], s[3]) if model is not None else 0.0)
             if cost > left:
                 break
             left -= cost
+            children.add(s[:4])
             out.append(s)
         return out
 
@@ -378,21 +383,24 @@ class AdaptiveProfiler:
         """Screen, seed, then refine (see the module docstring)."""
         self._start = self.clock()
         if all(len(vs) == 1 for vs in self.grid.variants.values()):
-            # one variant each: every one is seeded, so screen and seed at once (the points
-            # at the largest share then share one measuring child)
-            self.measure([*self.screen_settings(), *self._seed_all()],
+            # one variant each: every one is seeded, so screen and seed at once, at the
+            # four corners of the batch x share grid (the points at one share share a
+            # measuring child: the extra corner costs one batch, no child start)
+            self.measure([*self.screen_settings(), *self._corners()],
                          "screening and seeding")
         else:
             self.measure(self.screen_settings(), "screening variants")
         self.measure(self.seed_settings(), "seeding the latency model")
         return self.refine()
 
-    def _seed_all(self) -> list[Setting]:
-        """`seed_settings` as if every variant were within `screen_ratio`."""
-        small = min(self.grid.batch_sizes)
-        return [(m, v, d, s, self._seed_batch()) for m, v, d in self._keys()
-                for s in {max(self.grid.shares[d]), min(self.grid.shares[d])}
-                if self._seed_batch() != small]
+    def _corners(self) -> list[Setting]:
+        """The seed settings of every variant, and the smallest batch at the smallest share."""
+        small, seed = min(self.grid.batch_sizes), self._seed_batch()
+        out: list[Setting] = []
+        for m, v, d in self._keys():
+            top, low = max(self.grid.shares[d]), min(self.grid.shares[d])
+            out += [(m, v, d, top, seed), (m, v, d, low, seed), (m, v, d, low, small)]
+        return out
 
     def add_variants(self, variants: Mapping[str, Sequence[str | None]]) -> list[Setting]:
         """Add variants to the grid (admitted later, e.g. in the background) and screen and
