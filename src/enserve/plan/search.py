@@ -24,6 +24,7 @@ Clean-up drops the tie count and only removes or shrinks instances.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -40,6 +41,8 @@ from enserve.plan.problem import BoolArray, FloatArray, IntArray, Problem, group
 _REL_RESOLUTION = 1e-7  # relative differences below this count as ties
 MAX_STEPS = 5000
 LP_PER_STEP = 6  # exact LP evaluations of oversubscribing moves per step
+LP_MEMO = 4096  # LP throughputs remembered per problem (a climb revisits plans)
+_MEMO: weakref.WeakKeyDictionary[Problem, dict[bytes, float]] = weakref.WeakKeyDictionary()
 PAIR_LIMIT = 20_000  # most move pairs scored in one step
 REPLACE_WITHIN = 1.5  # replacements only by members within 1.5x of the lowest capacity
 _TOP = 3  # slowest options tracked per device (enough for two removals)
@@ -384,8 +387,22 @@ def _with_exact_throughput(problem: Problem, agg: Aggregates, rem: IntArray, add
         chosen.append(0)
     x = scores.throughput.copy()
     for j in chosen:
-        x[j] = throughput_and_load(problem, _moved(agg.counts, rem[j], add[j]))[0]
+        x[j] = _lp_throughput(problem, _moved(agg.counts, rem[j], add[j]))
     return replace(scores, throughput=x)
+
+
+def _lp_throughput(problem: Problem, counts: IntArray) -> float:
+    """`throughput_and_load(...)[0]`, remembered: a climb evaluates the plan it moved to
+    again as the next step's current plan and its repeated move's base."""
+    memo = _MEMO.get(problem)
+    if memo is None:
+        memo = _MEMO[problem] = {}
+    key = counts.tobytes()
+    if key not in memo:
+        if len(memo) >= LP_MEMO:
+            memo.clear()
+        memo[key] = throughput_and_load(problem, counts)[0]
+    return memo[key]
 
 
 def _best(problem: Problem, agg: Aggregates, rem: IntArray, add: IntArray,
