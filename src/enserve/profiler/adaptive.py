@@ -151,6 +151,7 @@ class AdaptiveProfiler:
         # model load, and the warm-up + timed runs (the profiler stops after 2 s, >= 3 runs).
         self.overhead_s = 1.0
         self.runs_per_setting = 4
+        self.plan_s = 0.0  # how long the last planning took (planning again after measuring)
         self.measured: dict[Setting, dict[str, Any]] = {}
         self.failed: set[Setting] = set()
         self.samples: dict[Setting, list[float]] = {}  # latency of each measurement
@@ -202,10 +203,10 @@ class AdaptiveProfiler:
     def _affordable(self, todo: list[Setting]) -> list[Setting]:
         """The first settings of `todo` whose estimated measuring time (the model's latency
         x `runs_per_setting`, plus `overhead_s` per measuring child: one per member,
-        variant, device and share) fits in the budget left."""
+        variant, device and share) fits in the budget left, less the time to plan again."""
         if self.budget_s is None:
             return todo
-        left = self.budget_s - (self.clock() - self._start)
+        left = self.budget_s - (self.clock() - self._start) - self.plan_s  # and plan again
         models = self.models()
         out: list[Setting] = []
         children: set[tuple[str, str | None, str, float]] = set()
@@ -419,11 +420,14 @@ class AdaptiveProfiler:
         rounds: list[Round] = []
         previous: set[Setting] | None = None
         plan: Plan | None = None
-        converged = False
+        converged = stale = False
         for _ in range(self.max_rounds if max_rounds is None else max_rounds):
             entries = self.planning_entries(self.entries())
             profile = profile_from_dict({**self.skeleton, "entries": entries})
+            started = self.clock()
             plan = self.planner(profile)
+            self.plan_s = self.clock() - started
+            stale = False
             used = {instance_setting(i) for i in plan.instances}
             changed = previous is not None and used != previous
             if self.on_plan is not None and (previous is None or changed):
@@ -450,10 +454,11 @@ class AdaptiveProfiler:
                 info.reason = "budget spent"
                 break
             info.measured = self.measure(todo, f"round {len(rounds)}: {info.reason}", again)
+            stale = bool(info.measured)
             if not info.measured:
                 info.reason += " (measurements failed)"
         final = self.profile()
-        if plan is None or not converged:
+        if plan is None or stale:  # the last plan is on what is known, or plan again
             plan = self.plan()
         n_measured = len(self.measured)
         return AdaptiveResult(final, plan, rounds, n_measured,
