@@ -339,3 +339,25 @@ def test_the_planning_view_caps_and_penalises_multi_core_cpu_settings_only() -> 
     assert latency[("cpu", 1.0, 1)] == pytest.approx(0.020)
     assert latency[("cpu", 2.0, 1)] == pytest.approx(0.015 * 1.1)
     assert latency[("cuda:0", 100.0, 8)] == pytest.approx(0.002)  # GPUs: as measured
+
+
+def test_the_start_up_time_per_measuring_child_is_learnt_for_the_budget() -> None:
+    """Each measuring child (member, variant, device, share) costs 3 s of start-up here (a
+    loaded machine), not the assumed 1 s: the profiler learns it from its measurements,
+    and a round with 5 s left then measures one child's settings, not four."""
+    now = [0.0]
+    machine = FakeMachine(lambda m, v, b, s: amdahl(4.0, 2.0, 0.2)(b, s))
+    real = machine.measure
+
+    def slow_start(settings: Sequence[Setting]) -> list[dict[str, Any]]:
+        out = real(settings)
+        now[0] += 3.0 * len({s[:4] for s in settings}) + sum(4 * e["latency_s"] for e in out)
+        return out
+
+    machine.measure = slow_start  # type: ignore[method-assign]
+    profiler = adaptive(machine, {"a": ("eager",)}, clock=lambda: now[0])
+    profiler.measure(profiler.screen_settings(), "screening")
+    assert profiler.overhead_s == pytest.approx(3.0)
+    profiler.budget_s, profiler._start = 5.0, now[0]
+    todo = [("a", "eager", "cpu", s, b) for s in SHARES for b in (2, 4)]
+    assert profiler._affordable(todo) == todo[:2]  # one child (share 1), 3 s + runs

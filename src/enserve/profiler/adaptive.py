@@ -178,7 +178,10 @@ class AdaptiveProfiler:
         models = self.models()
         measure = self._remeasure if again and self._remeasure is not None else self._measure
         done: list[Setting] = []
-        for entry in measure(todo):
+        started = self.clock()
+        entries = measure(todo)
+        self._calibrate(self.clock() - started, todo, entries)
+        for entry in entries:
             key: Setting = (entry["member"], entry.get("variant"), entry["device"],
                             float(entry["share"]), int(entry["batch_size"]))
             if key not in todo:
@@ -199,6 +202,15 @@ class AdaptiveProfiler:
         if not again:
             self.failed.update(s for s in todo if s not in self.measured)
         return [s for s in todo if s in set(done)]
+
+    def _calibrate(self, wall_s: float, todo: Sequence[Setting],
+                   entries: Sequence[Mapping[str, Any]]) -> None:
+        """Learn `overhead_s` (per measuring child: start-up, model load; it grows with the
+        machine's load) from the last measuring call, at least the initial 1 s."""
+        children = len({s[:4] for s in todo})
+        runs = sum(self.runs_per_setting * float(e["latency_s"]) for e in entries)
+        if entries and children:
+            self.overhead_s = max(1.0, (wall_s - runs) / children)
 
     def _affordable(self, todo: list[Setting]) -> list[Setting]:
         """The first settings of `todo` whose estimated measuring time (the model's latency
