@@ -27,9 +27,9 @@ new machine. The planner needs far fewer points to choose well, if the rest are 
    One noisy measurement then no longer decides between two near-equal settings.
 
 The planner sees the *planning view* of the profile (`planning_profile`): on a CPU a
-setting using k > 1 cores is never credited with more than k times the samples/s of the
-same batch on the fewest cores (parallel efficiency <= 1: a measurement that says more
-is noise), and its latency carries `multicore_penalty` (default 10%): measured alone, a
+setting using k > 1 cores is never credited with more than k / k0 times the samples/s of
+the same batch on the fewest cores k0 (parallel efficiency <= 1: a measurement that says
+more is noise), and its latency carries `multicore_penalty` (default 10%): measured alone, a
 multi-core setting over-states what it gets when the cores are time-shared with other
 members' instances (its threads wait for each other whenever one is descheduled). A
 multi-core setting must therefore win clearly to be chosen. The profile returned keeps
