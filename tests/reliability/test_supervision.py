@@ -161,6 +161,27 @@ def test_fork_server_killed_costs_no_restart(tmp_path: Path) -> None:
     assert worker_children() == []
 
 
+def test_restart_after_fork_server_death_forks_from_its_spare(tmp_path: Path) -> None:
+    """A worker restarted after the fork server was killed is forked by a process that was
+    already running (the server's spare, modules imported), not by a new fork server that
+    has to import torch and the member code first (seconds)."""
+    from enserve.runtime import launch
+
+    spec = make_spec(tmp_path, ["net_a", "net_b"])
+    with Engine(spec, max_batch=4) as engine:
+        deadline = time.monotonic() + 60
+        while not launch.spare_pids():  # forked in the background once the server is ready
+            assert time.monotonic() < deadline, "no spare fork server"
+            time.sleep(0.05)
+        spares = set(launch.spare_pids().values())
+        for pid in launch.server_pids().values():
+            os.kill(pid, signal.SIGKILL)
+        _kill_and_wait_replaced(engine, "net_a")
+        parent = psutil.Process(_pid(engine, "net_a")).ppid()
+        assert parent in spares, "the restart started a new fork server"
+        assert engine.infer_sync(_x(2), timeout=30).probabilities.shape == (2, 5)
+
+
 def test_process_group_sigterm_spares_workers(tmp_path: Path) -> None:
     """SIGTERM to every worker (as a process-group SIGTERM delivers it) does not kill them:
     the engine's owner decides when they stop."""

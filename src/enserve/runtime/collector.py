@@ -109,6 +109,7 @@ class Collector:
             # worker and watch its own pipe for its death.
             log.warning("fork server gone; worker %s keeps running", h.label)
             h.sentinel_lost = True
+            _revive_fork_servers()
         else:
             self.faults.on_death(h)
 
@@ -191,3 +192,15 @@ class Collector:
             h.ready, h.state, h.ready_at = msg, "ready", time.perf_counter()
             self.dispatcher.hand_out_parked(h)
             self.changed.notify_all()
+
+
+def _revive_fork_servers() -> None:
+    """Replace a dead fork server now, not when a worker next needs one (its spare takes
+    over: a restart then costs a fork, not a re-import of torch and the member code)."""
+    from enserve.runtime import launch
+
+    try:
+        launch.revive()
+    except Exception:  # the next worker start tries again
+        log.exception("replacing the dead fork server failed")
+

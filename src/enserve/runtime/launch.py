@@ -6,7 +6,8 @@ graphs, or an ONNX export still to be written) is forked from a *torch* server t
 imported torch and torchvision once. Each server starts on first use, so an ensemble of
 ONNX members never starts the torch one. Servers only import modules: they never run a
 model or start a thread pool, so forking them is safe (nothing is forked after torch
-started threads).
+started threads). Each server keeps a spare of itself (`runtime.spare`) that takes over
+at once when the server dies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from multiprocessing.context import BaseContext, ForkServerContext
 from pathlib import Path
 from typing import Any, Literal
 
+from enserve.runtime.spare import SparedForkServer, serve_spare
 from enserve.spec import EnsembleSpec
 
 Flavor = Literal["lean", "torch"]
@@ -30,18 +32,26 @@ PRELOAD: dict[Flavor, list[str]] = {
               "enserve.members.loaders", "enserve.variants.build"],
 }
 
-_servers: dict[Flavor, forkserver.ForkServer] = {}
+_servers: dict[Flavor, SparedForkServer] = {}
 _lock = threading.Lock()
 
 
-def _server(flavor: Flavor) -> forkserver.ForkServer:
+def _server(flavor: Flavor) -> SparedForkServer:
     with _lock:
         server = _servers.get(flavor)
         if server is None:
-            server = forkserver.ForkServer()
-            server.set_forkserver_preload(PRELOAD[flavor])
+            server = SparedForkServer(PRELOAD[flavor], lambda listener, alive: _start_spare(
+                flavor, listener, alive))
             _servers[flavor] = server
         return server
+
+
+def _start_spare(flavor: Flavor, listener: Any, alive: Any) -> Any:
+    """Fork a spare of the `flavor` server from it (see `runtime.spare`)."""
+    spare = _CONTEXTS[flavor].Process(  # type: ignore[attr-defined]
+        target=serve_spare, args=(listener, alive), name=f"enserve-spare-{flavor}", daemon=True)
+    spare.start()
+    return spare
 
 
 class _ServerPopen(popen_forkserver.Popen):
@@ -66,6 +76,7 @@ class _ServerPopen(popen_forkserver.Popen):
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = forkserver.read_signed(self.sentinel)
+        _server(self.flavor).want_spare()  # the server is ready now: keep a spare of it
 
 
 class _LeanPopen(_ServerPopen):
@@ -117,16 +128,37 @@ def stop_server(flavor: Flavor) -> bool:
     next worker of that flavor starts it again). True if one was stopped."""
     with _lock:
         server = _servers.get(flavor)
-    if server is None or server._forkserver_pid is None:  # type: ignore[attr-defined]
+    if server is None or server._forkserver_pid is None:
         return False
     server._stop()  # type: ignore[attr-defined]
     return True
 
 
+def revive() -> list[str]:
+    """Replace every fork server that died, now (its spare takes over; without one a new
+    server starts importing in the background). The flavors replaced."""
+    with _lock:
+        servers = list(_servers.items())
+    revived: list[str] = []
+    for flavor, server in servers:
+        if server.died():
+            server.ensure_running()
+            revived.append(flavor)
+    return revived
+
+
+def spare_pids() -> dict[str, int]:
+    """Process ids of the fork servers' spares running now."""
+    with _lock:
+        servers = list(_servers.items())
+    found = {f: s.spare_pid() for f, s in servers}
+    return {f: pid for f, pid in found.items() if pid is not None}
+
+
 def server_pids() -> dict[str, int]:
     """Process ids of the fork servers running now."""
     with _lock:
-        found = {f: s._forkserver_pid for f, s in _servers.items()}  # type: ignore[attr-defined]
+        found = {f: s._forkserver_pid for f, s in _servers.items()}
     return {f: pid for f, pid in found.items() if pid is not None}
 
 
