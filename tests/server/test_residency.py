@@ -89,6 +89,34 @@ def test_budget_never_exceeded_and_lru_eviction_order() -> None:
     run(scenario)
 
 
+def test_eviction_closes_off_the_event_loop() -> None:
+    """Closing an evicted ensemble (an engine stopping its workers takes a while) must
+    leave the event loop serving: a task standing in for a health check runs while the
+    close is still in progress. (On the loop, the close would wait out its 10 s guard.)"""
+    loader = FakeLoader({"a": 60, "b": 60})
+    closing, answered = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def slow_close() -> None:
+        closing.set()
+        seen.append(answered.wait(10))  # ends early only if the loop ran meanwhile
+
+    async def scenario() -> None:
+        m = _manager(loader, 100)
+        await m.load("a")
+        m._entries["a"].loaded.close = slow_close  # type: ignore[union-attr]
+        loading = asyncio.create_task(m.load("b"))  # evicts a
+        while not closing.is_set():
+            await asyncio.sleep(0.005)
+        answered.set()  # the "health check": the loop is free while a closes
+        await loading
+        assert m.resident() == ["b"] and m.stats().evictions == 1
+        await m.close()
+
+    run(scenario)
+    assert seen == [True]
+
+
 def test_eviction_prefers_cheap_to_reload_per_byte() -> None:
     loader = FakeLoader({"slow": 40, "fast": 40, "new": 40})
     loader.costs = {"slow": 5.0, "fast": 0.1, "new": 0.1}
@@ -192,7 +220,7 @@ def test_background_sweeper_unloads_idle_models() -> None:
         await m.load("a")
         for _ in range(40):
             await asyncio.sleep(0.05)
-            if not m.resident():
+            if not m.resident() and loader.closed:  # closed in a worker thread
                 break
         assert m.resident() == [] and loader.closed == ["a"]
         await m.close()

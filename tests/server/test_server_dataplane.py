@@ -221,3 +221,55 @@ def test_memory_budget_loads_on_demand_and_evicts(repo: Path) -> None:
             await repository.close()
 
     asyncio.run(main())
+
+
+class _Context:
+    """The bits of a gRPC servicer context the handlers use."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def abort(self, code: Any, details: str) -> None:
+        raise AssertionError(f"{code}: {details}")
+
+
+def test_big_grpc_request_decodes_off_the_event_loop(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big ModelInfer message is decoded in a worker thread: the event loop (health
+    checks) runs while it is decoded. (Inline, the decode would wait out its 10 s guard.)"""
+    import threading
+
+    from tritonclient.grpc import service_pb2 as pb
+
+    from enserve.server import grpc as grpc_server
+    from enserve.server.decoding import THREAD_BYTES
+
+    decoding, answered = threading.Event(), threading.Event()
+    seen: list[bool] = []
+    real = grpc_server.decode_request
+
+    def slow_decode(message: Any, limits: Limits) -> InferRequest:
+        decoding.set()
+        seen.append(answered.wait(10))  # ends early only if the loop ran meanwhile
+        return real(message, limits)
+
+    monkeypatch.setattr(grpc_server, "decode_request", slow_decode)
+    rows = THREAD_BYTES // (6 * 4) + 1
+    message = pb.ModelInferRequest(model_name="tiny")
+    tensor = message.inputs.add(name="x", datatype="FP32", shape=[rows, 6])
+    tensor.contents.fp32_contents.extend(np.full(rows * 6, 0.5, np.float32).tolist())
+
+    async def main() -> None:
+        plane, backends = _plane(repo, max_batch=rows)
+        await plane.repository.load("tiny")
+        backends["tiny"].gate.set()
+        servicer = grpc_server.InferenceServicer(plane)
+        call = asyncio.create_task(servicer.ModelInfer(message, _Context()))  # type: ignore[arg-type]
+        while not decoding.is_set():
+            await asyncio.sleep(0.005)
+        assert plane.live()
+        answered.set()  # the "health check" ran while the message was decoded
+        reply = await call
+        assert reply.outputs[0].shape[0] == rows
+
+    asyncio.run(main())
+    assert seen == [True]

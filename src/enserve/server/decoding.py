@@ -1,4 +1,4 @@
-"""Decoding `/infer` bodies without stalling the event loop.
+"""Decoding `/infer` bodies (HTTP, and gRPC messages) without stalling the event loop.
 
 Small bodies are decoded inline, larger ones in a worker thread. The JSON decoder
 (`server/jsonscan.py`) parses big tensor data in steps of at most 16 KiB, each one short
@@ -17,10 +17,13 @@ import ctypes
 import ctypes.util
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from enserve.server.codec import decode_infer_request
 from enserve.server.limits import Limits
 from enserve.server.protocol import InferRequest
+
+T = TypeVar("T")
 
 THREAD_BYTES = 256 * 1024
 """JSON bodies (and outputs) larger than this are decoded (encoded) in a worker thread."""
@@ -69,17 +72,21 @@ class Decoder:
     async def decode(self, model: str, version: str, body: bytes | bytearray, header_length: int | None,
                      limits: Limits, reserve: Callable[[int], None] | None = None) -> InferRequest:
         json_bytes = len(body) if header_length is None else header_length
-        if json_bytes <= THREAD_BYTES:
-            return decode_infer_request(model, version, body, header_length, limits, reserve)
-        if json_bytes <= BIG_BYTES:
-            return await asyncio.to_thread(decode_infer_request, model, version, body, header_length,
-                                           limits, reserve)
+        return await self.run(json_bytes, decode_infer_request, model, version, body, header_length,
+                              limits, reserve)
+
+    async def run(self, size: int, decode: Callable[..., T], *args: Any) -> T:
+        """`decode(*args)` for an input of `size` bytes: inline when small, else in a
+        worker thread (at most `big_at_once` big ones at a time, at a short switch interval)."""
+        if size <= THREAD_BYTES:
+            return decode(*args)
+        if size <= BIG_BYTES:
+            return await asyncio.to_thread(decode, *args)
         async with self._big:
             usual = sys.getswitchinterval()
             sys.setswitchinterval(min(usual, BIG_SWITCH_S))
             try:
-                return await asyncio.to_thread(decode_infer_request, model, version, body, header_length,
-                                               limits, reserve)
+                return await asyncio.to_thread(decode, *args)
             finally:
                 sys.setswitchinterval(usual)
 

@@ -173,7 +173,7 @@ class ResidencyManager(Generic[T]):
             if entry.users == 0:
                 async with self._lock:
                     if self._entries.get(name) is entry and entry.users == 0:
-                        self._drop(entry)
+                        await self._drop(entry)
                         self._stats.unloads += 1
                         return True
                 continue
@@ -188,7 +188,7 @@ class ResidencyManager(Generic[T]):
         async with self._lock:
             for entry in list(self._entries.values()):
                 if entry.ready and entry.users == 0 and now - entry.last_used >= self.idle_unload_s:
-                    self._drop(entry)
+                    await self._drop(entry)
                     self._stats.idle_unloads += 1
                     gone.append(entry.name)
         return gone
@@ -220,7 +220,7 @@ class ResidencyManager(Generic[T]):
         async with self._lock:
             for entry in list(self._entries.values()):
                 if entry.ready:
-                    self._drop(entry)
+                    await self._drop(entry)
 
     # ---- inspection ----------------------------------------------------------------
 
@@ -296,7 +296,7 @@ class ResidencyManager(Generic[T]):
             if idle:
                 victim = min(idle, key=lambda e: (e.priority, e.last_used))
                 self._inflation = max(self._inflation, victim.priority)
-                self._drop(victim)
+                await self._drop(victim)
                 self._stats.evictions += 1
                 continue
             self._lock.release()
@@ -369,14 +369,25 @@ class ResidencyManager(Generic[T]):
         # Loads under a millisecond count as equally cheap (timer noise must not decide).
         entry.priority = self._inflation + max(entry.cost_s, 1e-3) / size
 
-    def _drop(self, entry: _Entry[T]) -> None:
+    async def _drop(self, entry: _Entry[T]) -> None:
+        """Forget `entry` and close what it loaded in a worker thread (stopping an engine's
+        workers takes a while: the event loop keeps serving meanwhile; the lock stays held,
+        so no load counts on the room before it is free)."""
         self._entries.pop(entry.name, None)
-        loaded, entry.loaded = entry.loaded, None
-        if loaded is not None:
-            _close(loaded)
-        del loaded
-        release_freed_memory()
-        self._changed.set()
+        held: list[Loaded[T]] = [] if entry.loaded is None else [entry.loaded]
+        entry.loaded = None
+        try:
+            await asyncio.to_thread(_retire, held)
+        finally:
+            self._changed.set()
+
+
+def _retire(held: list[Loaded[Any]]) -> None:
+    """Close the one loaded value in `held` (dropping the last reference here), then give
+    the freed memory back."""
+    if held:
+        _close(held.pop())
+    release_freed_memory()
 
 
 def _close(loaded: Loaded[Any]) -> None:
