@@ -141,7 +141,7 @@ def test_stopped_worker_is_replaced_within_seconds(tmp_path: Path) -> None:
 
 def test_fork_server_killed_costs_no_restart(tmp_path: Path) -> None:
     """Killing the fork server leaves the workers running (no restart counted); a later
-    worker crash still restarts (a new fork server is started)."""
+    worker crash still restarts (from the server's spare, or a new server)."""
     spec = make_spec(tmp_path, ["net_a", "net_b"])
     with Engine(spec, max_batch=4) as engine:
         before = dict(engine.worker_pids())
