@@ -24,15 +24,18 @@ from typing import Any
 CHILD = textwrap.dedent('''
     import json, sys, threading, time
     import numpy as np
-    from enserve.formats.plan import Plan
     from enserve.runtime import Engine
     from enserve.spec import load_spec
 
     args = json.loads(sys.argv[1])
     spec = load_spec(args["spec"])
-    plan = Plan.of([{"member": m.name, "variant": args["variant"], "device": "cpu",
-                     "batch_size": args["batch"], "share": 1, "memory_bytes": 0}
-                    for m in spec.members])
+    insts = [{"member": m.name, "variant": args["variant"], "device": "cpu",
+              "batch_size": args["batch"], "share": 1, "memory_bytes": 0} for m in spec.members]
+    try:  # newer trees take a validated Plan only, older ones a dict
+        from enserve.formats.plan import Plan
+        plan = Plan.of(insts)
+    except ImportError:
+        plan = {"instances": insts}
     engine = Engine(spec, plan, max_batch=args["batch"]).start()
     x = np.random.default_rng(0).standard_normal((1, *spec.inputs[0].shape[1:])).astype(np.float32)
     engine.infer_sync(x, timeout=600)

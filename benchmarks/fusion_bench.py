@@ -3,8 +3,11 @@
 Latency: one process loads every variant and times them interleaved, call by call, so
 they share the machine's noise; the best (min) time per variant is reported (medians in
 the JSON). Load time and memory: each variant in its own fresh process, `--rounds` times,
-median. Ratios are to `separate` (the reference executor: members one by one, numpy
-combine).
+median (peak RSS; PSS and USS after the timed batch). Ratios are to `separate` (the
+reference executor: members one by one, numpy combine). fx variants map their folded
+weights from the cache file that the latency process writes on first use
+(`fx-cl-sources`: folded from freshly built sources instead); `separate-mapped`: members
+with their weights mapped, as the engine's eager workers load them.
 
   .venv/bin/python benchmarks/fusion_bench.py --spec examples/imagenet6/ensemble.yaml
   .venv/bin/python benchmarks/fusion_bench.py --deep-resnet18 5 --variants separate,fx,horizontal
@@ -22,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("separate", "folded-each", "fx", "fx-cl", "fx-frozen", "horizontal", "onnx")
+VARIANTS = ("separate", "separate-mapped", "folded-each", "fx", "fx-cl", "fx-cl-sources", "fx-frozen",
+            "horizontal", "onnx")
 
 
 def _deep_spec(count: int) -> Any:
@@ -44,6 +48,16 @@ def _load(spec: Any, variant: str, threads: int) -> Callable[[Any], Any]:
     names = [m.name for m in spec.members]
     if variant == "separate":
         return ReferenceExecutor(spec, threads=threads).infer
+    if variant == "separate-mapped":  # as the engine's eager workers load them
+        from enserve.members import TorchMember
+        from enserve.members.mapped import mapped_module
+        from enserve.members.preprocess import Preprocessor
+
+        members = {m.name: TorchMember(m.name, mapped_module(spec, m), Preprocessor(m.preprocess))
+                   for m in spec.members}
+        return ReferenceExecutor(spec, members=members).infer
+    if variant == "fx-cl-sources":  # folded from freshly built sources, no folded-weights file
+        return load_fused(spec, names, "fx", threads, channels_last=True, mapped=False).infer
     if variant == "folded-each":
         parts = [load_fused(spec, [n], "fx", threads) for n in names]
         weights = spec.member_weights()
@@ -76,8 +90,10 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         load_s = time.perf_counter() - t0
         rss_loaded = psutil.Process().memory_info().rss
         run(rng.standard_normal((max(args.batches), *shape)).astype(np.float32))
+        full = psutil.Process().memory_full_info()
         return {"variant": args.variant, "load_s": load_s, "load_rss_mb": (rss_loaded - rss0) / 2**20,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "end_pss_mb": full.pss / 2**20, "end_uss_mb": full.uss / 2**20}
     variants = args.variants.split(",")
     runs = {v: _load(spec, v, args.threads) for v in variants}
     out: dict[str, Any] = {}
@@ -141,7 +157,7 @@ def main() -> int:
     table: dict[str, dict[str, float]] = {}
     for v in variants:
         row = {k: latency[v][k] for k in latency.get(v, {}) if k.endswith("_ms") and "median" not in k}
-        for k in ("load_s", "load_rss_mb", "peak_rss_mb"):
+        for k in ("load_s", "load_rss_mb", "peak_rss_mb", "end_pss_mb", "end_uss_mb"):
             if memory[v]:
                 row[k] = statistics.median(r[k] for r in memory[v])
         table[v] = row

@@ -133,7 +133,11 @@ CHILD = textwrap.dedent('''
     def plan(extra=()):
         inst = [{"member": m, "variant": variant, "device": "cpu", "batch_size": 8, "share": 1,
                  "memory_bytes": 0} for m in list(args["members"]) + list(extra)]
-        return {"instances": inst}
+        try:  # newer trees take a validated Plan only
+            from enserve.formats.plan import Plan
+        except ImportError:
+            return {"instances": inst}
+        return Plan.of(inst)
     started = time.perf_counter()
     engine = Engine(spec, plan(), max_batch=8).start()
     engine.infer_sync(x, timeout=600)

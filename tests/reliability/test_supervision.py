@@ -202,9 +202,9 @@ def test_member_failure_is_a_server_fault(tmp_path: Path) -> None:
 
     spec = make_spec(tmp_path, ["net_a", "controlled"])
     with Engine(spec, max_batch=4) as engine:
-        (tmp_path / "crash").write_text("1")
+        (tmp_path / "crash").write_text("3")  # not 1: a restarted worker warms up on 1 row
         with pytest.raises(MemberFailedError):
-            engine.infer_sync(_x(1), timeout=60)
+            engine.infer_sync(_x(3), timeout=60)
         (tmp_path / "crash").unlink()
         _wait_ready(engine)
         with pytest.raises(InferenceError):  # bad input stays a plain InferenceError (400)

@@ -175,10 +175,10 @@ def test_restart_that_hangs_is_killed_and_tried_again(tmp_path: Path):
 def test_worker_dying_twice_fails_the_request_without_hanging(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "controlled"])
     with Engine(spec, max_batch=4, max_restarts=3) as engine:
-        (tmp_path / "crash").write_text("1")
+        (tmp_path / "crash").write_text("3")  # not 1: a restarted worker warms up on 1 row
         start = time.perf_counter()
         with pytest.raises(InferenceError, match="controlled_1.*retried once"):
-            engine.infer_sync(_x(1), timeout=60)
+            engine.infer_sync(_x(3), timeout=60)
         assert time.perf_counter() - start < 60
         (tmp_path / "crash").unlink()
         deadline = time.monotonic() + 60

@@ -68,3 +68,29 @@ def test_two_instances_share_the_weight_pages(tmp_path: Path, framework: str):
     assert memory["workers"]["processes"] == 2
     assert workers.pss < workers.rss and whole.pss <= whole.rss
     assert whole.processes >= 3  # this process, a fork server, the workers
+
+
+def test_two_instances_of_a_fused_group_share_its_folded_weights(tmp_path: Path):
+    from enserve.fusion.folded import folded_path
+
+    (tmp_path / "wide.py").write_text(WIDE)
+    members = [{"name": n, "source": "python:wide.py:wide"} for n in ("wide_a", "wide_b")]
+    spec = spec_from_dict(
+        {"name": "wide2", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 2, 2]}],
+         "members": members, "combiner": "mean_prob"},
+        base_dir=tmp_path, where=str(tmp_path / "ensemble.yaml"))
+    plan = Plan.of([{"member": "fx:wide_a+wide_b", "variant": "fused-fx", "device": "cpu",
+                     "batch_size": 2, "share": 1, "memory_bytes": 0}] * 2)
+    cache = tmp_path / "cache"
+    x = np.random.default_rng(2).standard_normal((6, 3, 2, 2)).astype(np.float32)
+    expected = ReferenceExecutor(spec).infer(x)
+    with Engine(spec, plan, max_batch=8, cache_dir=cache) as engine:
+        for _ in range(3):
+            result = engine.infer_sync(x, timeout=60)
+        weights = folded_path(spec, ["wide_a", "wide_b"], False, cache)  # in the engine's cache
+        per_worker = [mapping_memory(pid, str(weights)) for pid in engine.worker_pids().values()]
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, rtol=1e-5, atol=1e-6)
+    size = weights.stat().st_size
+    assert size > 15 * 2**20 and len(per_worker) == 2
+    for rss, pss in per_worker:
+        assert rss > 0.9 * size and pss < 0.6 * size  # both map it; each pays half

@@ -94,6 +94,28 @@ def fold_conv_bn(gm: fx.GraphModule, source: nn.Module | None = None) -> int:
     return folded
 
 
+def drop_eval_identities(gm: fx.GraphModule) -> int:
+    """Remove calls that are identities in eval mode: torchvision's `stochastic_depth` with
+    `training=False` (its only library function left in a traced torchvision classifier),
+    so the graph runs, and unpickles, without torchvision. Returns how many were removed."""
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        target = node.target
+        if node.op != "call_function" or getattr(target, "__name__", "") != "stochastic_depth":
+            continue
+        if not str(getattr(target, "__module__", "")).startswith("torchvision."):
+            continue
+        training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+        if training is not False or not isinstance(node.args[0], fx.Node):
+            continue
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        dropped += 1
+    if dropped:
+        gm.recompile()
+    return dropped
+
+
 def folded_copy(module: nn.Module, consume: bool = False) -> tuple[nn.Module, int]:
     """A traced, Conv-BN-folded copy of an eval-mode module; the module itself (and 0)
     when it cannot be traced.
@@ -106,4 +128,5 @@ def folded_copy(module: nn.Module, consume: bool = False) -> tuple[nn.Module, in
         gm = trace(module)
     except Exception:  # untraceable (data-dependent control flow, ...): keep it opaque
         return module, 0
+    drop_eval_identities(gm)
     return gm, fold_conv_bn(gm, module if consume else None)

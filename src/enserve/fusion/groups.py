@@ -7,6 +7,7 @@ member and chosen where it is faster.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,11 +21,11 @@ from enserve.fusion.candidates import (
     architecture_key,
     fusion_candidates,
 )
+from enserve.fusion.folded import folded_members
 from enserve.fusion.fx import build_fx_group, freeze
 from enserve.fusion.graph_ops import TorchCombiner, TorchPreprocess
 from enserve.fusion.horizontal import StackedModule
 from enserve.fusion.member import FusedMember, Runner
-from enserve.fusion.onnx_merge import OnnxPart, merge_onnx
 from enserve.members.loaders import build_torch_module
 from enserve.members.onnx_member import make_session
 from enserve.spec import EnsembleSpec, MemberSpec
@@ -52,6 +53,12 @@ def _torch_runner(module: nn.Module) -> Runner:
         return out.numpy(), None
 
     return run
+
+
+def _sources(spec: EnsembleSpec, specs: Sequence[MemberSpec],
+             modules: Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
+    return {m.name: (modules[m.name] if modules and m.name in modules else build_torch_module(spec, m))
+            for m in specs}
 
 
 def _module_bytes(module: nn.Module) -> int:
@@ -86,6 +93,8 @@ def load_fused(
     frozen: bool = False,
     combine_in_graph: bool | None = None,
     modules: Mapping[str, nn.Module] | None = None,
+    mapped: bool = True,
+    cache_dir: Path | None = None,
 ) -> FusedMember:
     """Load `members` of `spec` fused as `kind`.
 
@@ -94,6 +103,11 @@ def load_fused(
     `members.packed.load_packed`) instead of building them from the spec; an `fx` group folds
     them in place (they stay equivalent), releasing each original convolution as it is
     folded. `frozen` (fx only) additionally TorchScript-freezes the graph.
+
+    `mapped` (fx, folding, no `modules`, every member built from an architecture plus
+    tensors): the folded weights are written once to a file in `cache_dir` (default: the
+    enserve cache) and mapped from it, so later loads never build the sources
+    (`enserve.fusion.folded`).
     """
     if kind not in FUSION_KINDS:
         raise SpecError(f"unknown fusion kind '{kind}' (expected one of {', '.join(FUSION_KINDS)})")
@@ -116,14 +130,18 @@ def load_fused(
 
     if any(m.kind == "onnx" for m in specs):
         raise SpecError(f"{name}: ONNX members can't join a '{kind}' group")
-    built = {m.name: (modules[m.name] if modules and m.name in modules else build_torch_module(spec, m))
-             for m in specs}
     variant = f"fused-{kind}"
     if kind == "fx":
         pre = {m.name: TorchPreprocess(m.preprocess) for m in specs}
-        gm, _ = build_fx_group(built, pre, input_index, combiner, fold=fold,
-                               channels_last=channels_last, consume=True)
-        del built
+        folded = (folded_members(spec, list(members), channels_last, cache_dir)
+                  if fold and mapped and not modules else None)
+        if folded is not None:  # folded weights mapped from the cache: no source built
+            gm, _ = build_fx_group(folded, pre, input_index, combiner, fold=False,
+                                   channels_last=channels_last)
+            del folded
+        else:
+            gm, _ = build_fx_group(_sources(spec, specs, modules), pre, input_index, combiner,
+                                   fold=fold, channels_last=channels_last, consume=True)
         module: nn.Module = gm
         if frozen:
             module = _frozen(spec, gm, used_names)
@@ -134,6 +152,7 @@ def load_fused(
             {m.preprocess.model_dump_json() if m.preprocess else "" for m in specs}
         ) != 1:
             raise SpecError(f"{name}: horizontal fusion needs one input and one preprocessing")
+        built = _sources(spec, specs, modules)
         stacked = StackedModule([built[m.name] for m in specs], TorchPreprocess(specs[0].preprocess), fold)
         module = _HorizontalGroup(stacked, combiner).eval()
         size = stacked.tensor_bytes()
@@ -157,6 +176,8 @@ def _load_onnx(
     weights: list[float],
 ) -> FusedMember:
     import onnx
+
+    from enserve.fusion.onnx_merge import OnnxPart, merge_onnx  # onnx only where used
 
     parts = []
     for m in specs:

@@ -28,7 +28,7 @@ from enserve.members.loaders import build_architecture, build_torch_module, torc
 from enserve.spec import EnsembleSpec, MemberSpec
 
 PACKABLE = ("torchvision", "safetensors", "python")
-_DTYPES = {
+DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
@@ -88,7 +88,7 @@ class PackedFile:
 
     def _check(self, key: str, info: Any, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
         try:
-            dtype = _DTYPES[info["dtype"]]
+            dtype = DTYPES[info["dtype"]]
             shape = [int(d) for d in info["shape"]]
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -125,7 +125,7 @@ def _build(spec: EnsembleSpec, member: MemberSpec) -> nn.Module:
     return build_architecture(spec, member, arch or "", "architecture")
 
 
-def _skeleton(spec: EnsembleSpec, member: MemberSpec) -> nn.Module:
+def skeleton(spec: EnsembleSpec, member: MemberSpec) -> nn.Module:
     """The member's architecture, built on the `meta` device (no allocation, no random
     init) where its constructor allows; some compute with tensors (RegNet's widths), so
     those are built normally."""
@@ -134,6 +134,17 @@ def _skeleton(spec: EnsembleSpec, member: MemberSpec) -> nn.Module:
             return _build(spec, member)
     except (NotImplementedError, RuntimeError):
         return _build(spec, member)
+
+
+def assign_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> bool:
+    """`load_state_dict(assign=True)` (the tensors become the module's, no copy); raises
+    ModelLoadError naming `what` when they don't fit. False when a tensor outside the state
+    dict (a non-persistent buffer) is still on the `meta` device."""
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{what} don't fit: {str(exc)[:300]}") from None
+    return not any(t.is_meta for t in list(module.parameters()) + list(module.buffers()))
 
 
 def load_packed(
@@ -152,13 +163,8 @@ def load_packed(
         state = packed.state_dict(f"{name}/")
         if not state:
             raise ModelLoadError(f"{packed.path.name}: no weights for member '{name}'")
-        module = _skeleton(spec, member)
-        try:
-            module.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            detail = str(exc)[:300]
-            raise ModelLoadError(f"{packed.path.name}: weights of '{name}' don't fit: {detail}") from None
-        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        module = skeleton(spec, member)
+        if not assign_weights(module, state, f"{packed.path.name}: weights of '{name}'"):
             # Non-persistent buffers are not in the file: build normally, then copy in.
             module = build_torch_module(spec, member)
             module.load_state_dict(state, strict=True)

@@ -46,6 +46,7 @@ from enserve.members.slowed import slow_members
 from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue
 from enserve.runtime.batches import BatchBook, fail_future
+from enserve.runtime.calibration import remembered_costs
 from enserve.runtime.collector import Collector
 from enserve.runtime.corelocks import create_lock_dir, remove_lock_dir
 from enserve.runtime.dispatcher import Dispatcher
@@ -59,7 +60,6 @@ from enserve.runtime.placement import (
     configs_from_plan,
     default_configs,
     execution_units,
-    measure_costs,
 )
 from enserve.runtime.restarts import RestartPolicy
 from enserve.runtime.shm import Arena, ArrayField
@@ -422,12 +422,15 @@ class Engine:
                 self._changed.wait(timeout=min(left, 0.5))
 
     def _pin_balanced(self) -> None:
-        """Time one batch of each instance, alone, then pin instances to cores (LPT)."""
+        """Time one batch of each instance, alone (unless timed before on this machine:
+        `runtime.calibration`), then pin instances to cores (LPT)."""
         assert self._inputs is not None
         fields = [(f.name, f.dtype, f.shape) for f in self._inputs.layout.fields]
         for name, arr in calibration_inputs(fields).items():
             self._inputs.view(name, 0)[...] = arr
-        costs = measure_costs(self.configs, self._time_rows, self.max_batch)
+        costs, timed = remembered_costs(self.spec, self.configs, self._time_rows, self.max_batch,
+                                        self.cache_dir)
+        log.info("placement calibration: %d of %d instances timed", timed, len(costs))
         balanced = balance_cores(self.configs, costs, self.cores)
         for h, cfg in zip(self._handles, balanced, strict=True):
             if cfg.cores and cfg.cores != h.cfg.cores:

@@ -78,7 +78,7 @@ def build_member(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None) 
     """The member in the planned variant (through `enserve.variants`), or
     the fused group (`enserve.fusion.load_fused`) for an instance that covers several."""
     if cfg.fused:
-        return build_fused(spec, cfg)
+        return build_fused(spec, cfg, cache_dir)
     from enserve.variants import default_variant, load_variant
 
     member_spec = spec.member(cfg.member)
@@ -87,14 +87,14 @@ def build_member(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None) 
     return load_variant(spec, member_spec, variant, cfg.threads, cache_dir, device=device)
 
 
-def build_fused(spec: EnsembleSpec, cfg: WorkerConfig) -> FusedMember:
+def build_fused(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None = None) -> FusedMember:
     """A fused group's instance; the engine combines, so no combiner goes in the graph."""
     from enserve.variants.fused import load_fused_variant
 
     if not cfg.is_cpu:
         raise ModelLoadError(f"{cfg.label}: fused groups run on the CPU only (planned on "
                              f"{cfg.device})")
-    return load_fused_variant(spec, cfg.member, cfg.variant, cfg.threads)
+    return load_fused_variant(spec, cfg.member, cfg.variant, cfg.threads, cache_dir)
 
 
 def _warmup_batch(shape: Sequence[int], dtype: str, rows: int) -> np.ndarray:
@@ -130,12 +130,10 @@ def worker_main(
             pin_process(cfg.cores)  # threads the runtime just started
         inputs = Arena.attach(in_layout)
         run = _runner(spec, cfg, member, inputs)
-        # One batch of the planned size warms the kernels for the shape the instance will
-        # run and tells the output shape; the engine times batches itself when it
+        # One small batch (one row) warms the kernels (first-use set-up, weight reorders)
+        # and tells the output shape; the engine times full batches itself when it
         # calibrates placement, so there is no second, timed warm-up call.
-        first = in_layout.field(run.input_names[0])
-        rows = min(cfg.batch_size, first.shape[0])
-        probe = {n: _warmup_batch(in_layout.field(n).shape, in_layout.field(n).dtype, rows)
+        probe = {n: _warmup_batch(in_layout.field(n).shape, in_layout.field(n).dtype, 1)
                  for n in run.input_names}
         started = time.perf_counter()
         out = run.call(probe)

@@ -8,6 +8,7 @@ A group's "member" name is its `FusionGroup` name (`fx:cnn+mlp`); see
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -37,7 +38,7 @@ def fused_variant_names(kind: GroupKind) -> tuple[str, ...]:
 
 
 def load_fused_variant(spec: EnsembleSpec, name: str, variant: str | None = None,
-                       threads: int = 1) -> FusedMember:
+                       threads: int = 1, cache_dir: Path | None = None) -> FusedMember:
     """Build group `name` as `variant` (default: the kind's first) with no combiner in the
     graph: the caller combines, so every covered member's logits come out."""
     from enserve.fusion.groups import load_fused
@@ -50,7 +51,7 @@ def load_fused_variant(spec: EnsembleSpec, name: str, variant: str | None = None
     options = variant_options(variant)
     fused = load_fused(spec, group.covers, group.kind, max(1, threads),
                        combine_in_graph=False, frozen=options["frozen"],
-                       channels_last=options["channels_last"])
+                       channels_last=options["channels_last"], cache_dir=cache_dir)
     fused.variant = variant
     return fused
 
