@@ -14,6 +14,7 @@ import torch
 import enserve.fusion.folded as folded
 import enserve.fusion.groups as groups
 from enserve.fusion import load_fused
+from enserve.fusion.folded_key import folded_path
 from enserve.reference import ReferenceExecutor
 from enserve.spec import EnsembleSpec, load_spec
 from tests.helpers.tiny_models import write_torch_ensemble
@@ -47,7 +48,7 @@ def test_second_load_maps_the_folded_file(spec: EnsembleSpec, tmp_path: Path, mo
     names = [m.name for m in spec.members]
     first = load_fused(spec, names, "fx", cache_dir=tmp_path, channels_last=channels_last)
     _assert_equal(spec, first)
-    path = folded.folded_path(spec, names, channels_last, tmp_path)
+    path = folded_path(spec, names, channels_last, tmp_path)
     assert path.is_file()
 
     monkeypatch.setattr(folded, "build_torch_module", _no_sources)
@@ -94,7 +95,7 @@ def test_writing_holds_one_member_at_a_time(spec: EnsembleSpec, tmp_path: Path, 
 def test_a_damaged_file_falls_back_to_the_sources(spec: EnsembleSpec, tmp_path: Path) -> None:
     names = [m.name for m in spec.members]
     load_fused(spec, names, "fx", cache_dir=tmp_path)
-    path = folded.folded_path(spec, names, False, tmp_path)
+    path = folded_path(spec, names, False, tmp_path)
     path.write_bytes(path.read_bytes()[:100])
     _assert_equal(spec, load_fused(spec, names, "fx", cache_dir=tmp_path))
     assert not folded.folded_members(spec, names, False, tmp_path)  # refused, not mapped

@@ -54,3 +54,33 @@ def test_onnx_only_ensemble_starts_no_torch_server(tmp_path: Path):
         engine.infer_sync(x, timeout=60)
         assert not any(imports_torch(pid) for pid in engine.worker_pids().values())
         assert "torch" not in launch.server_pids()
+
+
+def test_fused_group_with_its_folded_file_forks_without_torchvision(tmp_path: Path):
+    """The first start writes the group's folded-weights file (torch server); the next
+    forks from the fused server: torch, but neither torchvision nor ONNX Runtime."""
+    (tmp_path / "models.py").write_text(MODELS)
+    members = [{"name": n, "source": f"python:models.py:{n}"} for n in ("net_a", "net_b")]
+    spec = spec_from_dict({"name": "pair", "inputs": [{"name": "x", "datatype": "FP32",
+                                                       "shape": [-1, 3, 2, 2]}],
+                           "members": members, "combiner": "mean_prob"},
+                          base_dir=tmp_path, where=str(tmp_path / "ensemble.yaml"))
+    from enserve.formats.plan import Plan
+
+    plan = Plan.of([{"member": "fx:net_a+net_b", "variant": "fused-fx", "batch_size": 4}])
+    cache = tmp_path / "cache"
+    x = np.random.default_rng(5).standard_normal((3, 3, 2, 2)).astype(np.float32)
+    expected = ReferenceExecutor(spec).infer(x)
+    assert launch.flavor(spec, "fx:net_a+net_b", "fused-fx", "cpu", cache) == "torch"
+    with Engine(spec, plan, max_batch=4, cache_dir=cache) as engine:
+        engine.infer_sync(x, timeout=60)
+    assert launch.flavor(spec, "fx:net_a+net_b", "fused-fx", "cpu", cache) == "fused"
+    with Engine(spec, plan, max_batch=4, cache_dir=cache) as engine:
+        result = engine.infer_sync(x, timeout=60)
+        (pid,) = engine.worker_pids().values()
+        libraries = [ln.split()[-1] for ln in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                     if ".so" in ln]
+        assert launch.server_pids().get("fused")
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, rtol=1e-5, atol=1e-6)
+    assert any("libtorch" in n for n in libraries)
+    assert not any("torchvision" in n or "onnxruntime" in n for n in libraries)

@@ -71,7 +71,7 @@ def test_two_instances_share_the_weight_pages(tmp_path: Path, framework: str):
 
 
 def test_two_instances_of_a_fused_group_share_its_folded_weights(tmp_path: Path):
-    from enserve.fusion.folded import folded_path
+    from enserve.fusion.folded_key import folded_path
 
     (tmp_path / "wide.py").write_text(WIDE)
     members = [{"name": n, "source": "python:wide.py:wide"} for n in ("wide_a", "wide_b")]

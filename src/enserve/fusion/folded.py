@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
-import hashlib
 import io
 import json
 import logging
@@ -33,14 +32,14 @@ from torch import fx, nn
 
 from enserve.errors import ModelLoadError
 from enserve.fusion.fold import folded_copy
+from enserve.fusion.folded_key import folded_path
 from enserve.members.loaders import build_torch_module
 from enserve.members.packed import DTYPES, PackedFile, assign_weights, packable, skeleton
 from enserve.spec import EnsembleSpec
-from enserve.variants.fingerprint import atomic_write_target, default_cache_dir, member_fingerprint
+from enserve.variants.fingerprint import atomic_write_target
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # (dtype, shape as stored, stored NHWC?) per `<member>/<state key>`
 Layout = dict[str, tuple[torch.dtype, list[int], bool]]
@@ -49,16 +48,6 @@ Layout = dict[str, tuple[torch.dtype, list[int], bool]]
 def can_fold_from_file(spec: EnsembleSpec, members: Sequence[str]) -> bool:
     """Groups whose members are all built from an architecture plus tensors."""
     return all(packable(spec.member(n)) for n in members)
-
-
-def folded_path(spec: EnsembleSpec, members: Sequence[str], channels_last: bool,
-                cache_dir: Path | None = None) -> Path:
-    """The group's folded-weights file in the cache (keyed by its members' fingerprints)."""
-    payload = {"format": FORMAT, "channels_last": channels_last,
-               "members": [[n, member_fingerprint(spec, n)] for n in members]}
-    key = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
-    root = cache_dir if cache_dir is not None else default_cache_dir()
-    return root / "artifacts" / f"fx-folded-{len(members)}-{key}.safetensors"
 
 
 def _fold(module: nn.Module, channels_last: bool) -> nn.Module:

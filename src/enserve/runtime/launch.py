@@ -3,11 +3,13 @@
 A worker that runs only ONNX Runtime is forked from a *lean* server (numpy, ONNX Runtime
 and the worker module: no torch); a worker that runs PyTorch (eager, TorchScript, fused
 graphs, or an ONNX export still to be written) is forked from a *torch* server that has
-imported torch and torchvision once. Each server starts on first use, so an ensemble of
-ONNX members never starts the torch one. Servers only import modules: they never run a
-model or start a thread pool, so forking them is safe (nothing is forked after torch
-started threads). Each server keeps a spare of itself (`runtime.spare`) that takes over
-at once when the server dies.
+imported torch and torchvision once; an fx group whose folded-weights file exists
+(`enserve.fusion.folded`) from a *fused* server (torch and the fusion code only: its load
+runs no architecture code, so it needs neither torchvision nor ONNX Runtime). Each server
+starts on first use, so an ensemble of ONNX members never starts the torch one. Servers
+only import modules: they never run a model or start a thread pool, so forking them is
+safe (nothing is forked after torch started threads). Each server keeps a spare of itself
+(`runtime.spare`) that takes over at once when the server dies.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any, Literal
 from enserve.runtime.spare import SparedForkServer, serve_spare
 from enserve.spec import EnsembleSpec
 
-Flavor = Literal["lean", "torch"]
+Flavor = Literal["lean", "torch", "fused"]
 
 PRELOAD: dict[Flavor, list[str]] = {
     "lean": ["enserve.runtime.worker", "onnxruntime"],
     "torch": ["enserve.runtime.worker", "onnxruntime", "torch", "torchvision",
               "enserve.members.loaders", "enserve.variants.build"],
+    # fx groups loaded from their folded-weights file: torch, no torchvision, no ORT
+    "fused": ["enserve.runtime.worker", "torch", "enserve.fusion.groups", "enserve.variants.fused"],
 }
 
 _servers: dict[Flavor, SparedForkServer] = {}
@@ -87,6 +91,10 @@ class _TorchPopen(_ServerPopen):
     flavor: Flavor = "torch"
 
 
+class _FusedPopen(_ServerPopen):
+    flavor: Flavor = "fused"
+
+
 class LeanProcess(process.BaseProcess):
     """A process forked from the lean server (module-level: process objects are pickled)."""
 
@@ -107,6 +115,16 @@ class TorchProcess(process.BaseProcess):
         return _TorchPopen(process_obj)
 
 
+class FusedProcess(process.BaseProcess):
+    """A process forked from the fused server (torch without torchvision)."""
+
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _FusedPopen(process_obj)
+
+
 class LeanContext(ForkServerContext):
     Process = LeanProcess  # type: ignore[assignment]
 
@@ -115,7 +133,12 @@ class TorchContext(ForkServerContext):
     Process = TorchProcess  # type: ignore[assignment]
 
 
-_CONTEXTS: dict[Flavor, BaseContext] = {"lean": LeanContext(), "torch": TorchContext()}
+class FusedContext(ForkServerContext):
+    Process = FusedProcess  # type: ignore[assignment]
+
+
+_CONTEXTS: dict[Flavor, BaseContext] = {"lean": LeanContext(), "torch": TorchContext(),
+                                        "fused": FusedContext()}
 
 
 def context(flavor: Flavor) -> BaseContext:
@@ -160,6 +183,23 @@ def server_pids() -> dict[str, int]:
     with _lock:
         found = {f: s._forkserver_pid for f, s in _servers.items()}
     return {f: pid for f, pid in found.items() if pid is not None}
+
+
+def flavor(spec: EnsembleSpec, member: str, variant: str | None, device: str = "cpu",
+           cache_dir: Path | None = None) -> Flavor:
+    """The fork server an instance starts from: `fused` for an fx group on the CPU whose
+    folded-weights file exists (its load runs no architecture code), else `torch` or
+    `lean` by `needs_torch`."""
+    from enserve.formats.groups import parse_group_name, variant_options
+
+    group = parse_group_name(member)
+    if group is not None and group.kind == "fx" and device.startswith("cpu"):
+        from enserve.fusion.folded_key import folded_path
+
+        cl = variant_options(variant or "fused-fx")["channels_last"]
+        if folded_path(spec, group.covers, cl, cache_dir).is_file():
+            return "fused"
+    return "torch" if needs_torch(spec, member, variant, device, cache_dir) else "lean"
 
 
 def needs_torch(spec: EnsembleSpec, member: str, variant: str | None, device: str = "cpu",

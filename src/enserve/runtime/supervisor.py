@@ -45,8 +45,7 @@ class Launcher:
             return mp.get_context(self.method)
         from enserve.runtime import launch
 
-        torch = launch.needs_torch(spec, cfg.member, cfg.variant, cfg.device, cache_dir)
-        return launch.context("torch" if torch else "lean")
+        return launch.context(launch.flavor(spec, cfg.member, cfg.variant, cfg.device, cache_dir))
 
 
 def worker_context(method: str = "forkserver") -> Launcher:
