@@ -3,7 +3,8 @@ peak and final memory of the workers and the process tree, and batch-1 latency.
 
 Cases, each in a fresh process, alternated `--rounds` times in one invocation:
   fused     one worker running the whole ensemble as one fx graph (`fused-fx`, folded
-            weights mapped from the cache file; the first start on a machine writes it)
+            weights mapped from the cache file; the first start on a machine writes it
+            from the torch fork server, later ones fork from the fused server)
   separate  one worker per member (`eager`, weights mapped), the same batch size, the
             group's cores divided among them (as `unfuse_plan` does)
 Memory: per worker VmHWM (peak RSS) and RSS/PSS/USS from /proc after the requests; the tree

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from enserve.members.packed import WarmWorker, drop_page_cache, pack_ensemble, read_seconds
+from enserve.members.packed import drop_page_cache, pack_ensemble, read_seconds
+from enserve.members.warm import WarmWorker
 from enserve.spec import load_spec
 
 NAIVE = (
     "import sys, numpy as np\n"
-    "from enserve.members.packed import load_runner\n"
+    "from enserve.members.warm import load_runner\n"
     "run = load_runner(sys.argv[1], None, fused=False)\n"
     "run(np.load(sys.argv[2]))\n"
 )

@@ -14,14 +14,8 @@ import pytest
 
 from enserve.errors import ModelLoadError
 from enserve.fusion import load_fused
-from enserve.members.packed import (
-    PackedFile,
-    WarmWorker,
-    load_packed,
-    load_runner,
-    pack_ensemble,
-    read_seconds,
-)
+from enserve.members.packed import PackedFile, load_packed, pack_ensemble, read_seconds
+from enserve.members.warm import WarmWorker, load_runner
 from enserve.reference import ReferenceExecutor
 from enserve.spec import load_spec
 from tests.helpers.tiny_models import write_torch_ensemble
