@@ -5,8 +5,9 @@ under `ip netns exec`; needs root) on a local `ray.cluster_utils.Cluster`:
 
   overhead    per-request time of a tiny ensemble (two 1-layer members), one request at a
               time: the Ray backend vs the local engine, same plan, blocks interleaved
-  one-node    throughput of one node, same plan, Ray backend vs local engine (examples/digits:
-              a stand-in for imagenet6, which is too slow on this shared 2-core machine)
+  one-node    throughput of one node, same plan, Ray backend vs local engine, in one
+              invocation (--spec: examples/digits by default, examples/imagenet6 with its
+              plan.json for the target's figure)
   simulated   simulated members (sleeping their profiled latency) on a simulated cluster of
               4 nodes x 4 GPUs (fake GPU resources): Pochelu's 12 members x 4 GPUs and
               1 member x 16 GPUs, measured vs the plan's prediction, and 1 -> 2 -> 4 nodes
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +36,7 @@ import numpy as np
 from enserve.formats.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ENSERVE_TRUSTED_CODE", "models.py")  # the tiny members' and digits' code
 PARTS = ("overhead", "one-node", "simulated", "node-loss")
 TINY_MODELS = """
 import torch
@@ -97,7 +101,9 @@ def cpu_plan(members: list[str], nodes: list[str], batch: int) -> Plan:
 
 # ------------------------------------------------------------------------------ parts
 def part_overhead(requests: int) -> dict[str, Any]:
-    """Sequential one-row requests, Ray backend vs local engine, 4 interleaved blocks."""
+    """Sequential one-row requests, 4 interleaved blocks: the Ray backend (compiled graph),
+    the Ray backend with plain actor calls only, the local engine."""
+    from enserve.reference import ReferenceExecutor
     from enserve.runtime import Engine
     from enserve.runtime.ray.engine import RayEngine
     from enserve.runtime.ray.sandbox import NodeSpec, local_cluster
@@ -123,10 +129,12 @@ def part_overhead(requests: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             ray.get(noop.f.remote(x))
             floor.append(time.perf_counter() - t0)
-        times: dict[str, list[float]] = {"ray": [], "local": []}
+        times: dict[str, list[float]] = {"ray": [], "ray_plain_calls": [], "local": []}
         with RayEngine(spec, plan, max_batch=8) as ray_engine, \
+                RayEngine(spec, plan, max_batch=8, compiled_graph=False) as plain_engine, \
                 Engine(spec, plan, max_batch=8) as local_engine:
-            engines = {"ray": ray_engine, "local": local_engine}
+            engines = {"ray": ray_engine, "ray_plain_calls": plain_engine,
+                       "local": local_engine}
             for e in engines.values():
                 for _ in range(20):
                     e.infer_sync(x, timeout=30)
@@ -136,7 +144,16 @@ def part_overhead(requests: int) -> dict[str, Any]:
                         t0 = time.perf_counter()
                         e.infer_sync(x, timeout=30)
                         times[name].append(time.perf_counter() - t0)
+            graph = ray_engine.stats()["compiled_graph"]
+            reference = ReferenceExecutor(spec)  # the answers, too, checked on random rows
+            rng = np.random.default_rng(1)
+            checks = [rng.standard_normal((k, 3, 2, 2)).astype(np.float32) for k in (1, 3, 8)]
+            diff = max(float(np.abs(e.infer_sync(c, timeout=30).probabilities
+                                    - reference.infer(c).probabilities).max())
+                       for c in checks for e in (ray_engine, plain_engine))
         out = {name: percentiles(v) for name, v in times.items()}
+        out["ray_compiled_graph"] = graph
+        out["max_diff_vs_reference"] = diff
         out["ray_actor_call_floor"] = percentiles(floor)
         out["requests_each"] = len(times["ray"])
         return out
@@ -147,24 +164,29 @@ def part_overhead(requests: int) -> dict[str, Any]:
         cluster.shutdown()
 
 
-def part_one_node(duration: float) -> dict[str, Any]:
+def part_one_node(duration: float, spec_dir: str) -> dict[str, Any]:
     """Closed loop, 16 clients, 1-row requests: `enserve bench --backend ray --baseline
-    local-engine` on examples/digits, one node of 2 CPUs, 2 interleaved rounds."""
+    local-engine` on `spec_dir` (its plan.json when it has one, else one instance per
+    member at batch 16), one node of 2 CPUs, 2 interleaved rounds."""
     from enserve.bench.runner import BenchConfig, run_bench
+    from enserve.formats.plan import load_plan
     from enserve.runtime.ray.sandbox import NodeSpec, local_cluster
     from enserve.spec import load_spec
 
-    spec = load_spec(ROOT / "examples" / "digits")
+    folder = (ROOT / spec_dir) if not Path(spec_dir).is_absolute() else Path(spec_dir)
+    spec = load_spec(folder)
     members = [m.name for m in spec.members]
-    plan = cpu_plan(members, [""], 16)
+    given = folder / "plan.json"
+    plan = load_plan(given) if given.exists() else cpu_plan(members, [""], 16)
+    described = (f"{spec_dir}/plan.json" if given.exists()
+                 else "one instance per member, batch 16, share 1")
     cluster = local_cluster([NodeSpec("node-0", num_cpus=2)])
     try:
         cfg = BenchConfig(concurrency=16, duration_s=duration, warmup_s=2.0, rounds=2,
                           baselines=["local-engine"], backend="ray", fusion="off",
                           max_batch=32)
         report = run_bench(spec, plan, cfg, None, log)
-        return {"spec": "examples/digits", "plan": "one instance per member, batch 16, "
-                "share 1", "ray": {k: report["enserve"][k] for k in
+        return {"spec": spec_dir, "plan": described, "ray": {k: report["enserve"][k] for k in
                                    ("throughput", "p50_s", "p95_s", "rounds")},
                 "local": {k: report["baselines"]["local-engine"][k] for k in
                           ("throughput", "p50_s", "p95_s", "rounds")},
@@ -188,8 +210,10 @@ def sim_spec(folder: Path, profile_path: Path) -> Path:
     return folder
 
 
-def measure_sim(spec: Any, plan: Any, duration: float) -> dict[str, Any]:
-    """Closed loop on a simulated plan, enough requests in flight to fill every instance."""
+def measure_sim(spec: Any, plan: Any, duration: float, pyspy: str | None = None
+                ) -> dict[str, Any]:
+    """Closed loop on a simulated plan, enough requests in flight to fill every instance.
+    `pyspy`: record this process with py-spy during the load (collapsed stacks there)."""
     from enserve.bench.load import run_load
     from enserve.runtime.ray.engine import RayEngine
 
@@ -209,7 +233,14 @@ def measure_sim(spec: Any, plan: Any, duration: float) -> dict[str, Any]:
             return await engine.infer(x, outputs=["probabilities"])
 
         concurrency = 4 * max(1, batch // rows) + 8  # enough in flight to fill 3 batches
+        spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = None if pyspy is None else subprocess.Popen(
+            [spy_bin, "record", "-p", str(os.getpid()), "-d", str(int(duration) + 2), "-r",
+             "50", "-t", "--format", "raw", "-o", pyspy],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         result = run_load(call, payloads, "closed", concurrency, 0.0, duration, 3.0)
+        if spy is not None:
+            spy.wait()
         stats = engine.stats()
     predicted = plan.predicted.throughput
     return {"instances": len(plan.instances), "actors_start_s": started,
@@ -220,7 +251,8 @@ def measure_sim(spec: Any, plan: Any, duration: float) -> dict[str, Any]:
             "p50_s": float(np.percentile(result.latencies, 50)) if result.latencies else None}
 
 
-def part_simulated(duration: float) -> dict[str, Any]:
+def part_simulated(duration: float, scenarios: list[str] | None = None,
+                   pyspy: str | None = None) -> dict[str, Any]:
     from enserve.cluster import cluster_devices, parse_cluster_decl
     from enserve.formats.profile import load_profile
     from enserve.plan import Constraints, plan
@@ -240,6 +272,8 @@ def part_simulated(duration: float) -> dict[str, Any]:
                 ("1x16", "pochelu_1x16.json", "4x(4xcuda:16GB)"),
                 ("1x16-on-2-nodes", "pochelu_1x16.json", "2x(4xcuda:16GB)"),
                 ("1x16-on-1-node", "pochelu_1x16.json", "1x(4xcuda:16GB)")):
+            if scenarios and name not in scenarios:
+                continue
             path = ROOT / "benchmarks" / "scenarios" / profile_file
             profile = load_profile(path)
             spec = load_spec(sim_spec(tmp / name, path))
@@ -247,9 +281,12 @@ def part_simulated(duration: float) -> dict[str, Any]:
                      devices=cluster_devices(parse_cluster_decl(decl)))
             log(f"simulated {name}: {len(p.instances)} instances, predicted "
                 f"{p.predicted.throughput:.1f}/s")
-            out[name] = {"devices": decl, **measure_sim(spec, p, duration)}
+            spy = None if pyspy is None else str(Path(pyspy) / f"{name}.txt")
+            out[name] = {"devices": decl, **measure_sim(spec, p, duration, spy)}
             log(f"  measured {out[name]['measured']:.1f}/s "
                 f"({out[name]['measured_over_predicted']:.2f} of predicted)")
+        if not all(n in out for n in ("1x16-on-1-node", "1x16-on-2-nodes", "1x16")):
+            return out
         one = out["1x16-on-1-node"]["measured"]
         out["scaling"] = {f"{k}_nodes": {"measured": out[n]["measured"],
                                          "vs_linear": out[n]["measured"] / (k * one)}
@@ -364,9 +401,9 @@ def inside(args: argparse.Namespace) -> None:
             if part == "overhead":
                 result = part_overhead(args.requests)
             elif part == "one-node":
-                result = part_one_node(args.duration)
+                result = part_one_node(args.duration, args.spec)
             elif part == "simulated":
-                result = part_simulated(args.duration)
+                result = part_simulated(args.duration, args.scenarios, args.pyspy)
             else:
                 result = part_node_loss(args.duration)
         except Exception as exc:  # one part failing must not lose the others' figures
@@ -389,6 +426,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/scale_out.json"))
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--spec", default="examples/digits", help="one-node: the ensemble")
+    parser.add_argument("--scenarios", nargs="*", default=None,
+                        help="simulated: only these (12x4 1x16 1x16-on-2-nodes 1x16-on-1-node)")
+    parser.add_argument("--pyspy", default=None,
+                        help="simulated: py-spy the driver during each load into this folder")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.parts = args.parts or list(PARTS)
@@ -414,7 +456,10 @@ def main() -> None:
     with loopback_namespace("enserve-bench") as ns:
         code = call_in_namespace(ns, [sys.executable, __file__, "--inside", *args.parts,
                                       "--out", args.out, "--duration", str(args.duration),
-                                      "--requests", str(args.requests)], env)
+                                      "--requests", str(args.requests), "--spec", args.spec,
+                                      *(["--scenarios", *args.scenarios] if args.scenarios
+                                        else []),
+                                      *(["--pyspy", args.pyspy] if args.pyspy else [])], env)
     sys.exit(code)
 
 

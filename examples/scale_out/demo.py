@@ -4,7 +4,7 @@ it, `enserve serve --backend ray`, a node killed under load, the service whole a
 Runs inside a loopback-only network namespace it creates (needs root and iproute2), so the
 cluster is reachable from nothing but itself. Every step is a real command:
 
-    python examples/scale_out/demo.py
+    python examples/scale_out/demo.py [--out summary.json]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -36,12 +37,45 @@ def show(cmd: list[str], env: dict[str, str]) -> str:
     return out
 
 
-def inside() -> None:
+def instances(url: str) -> list[tuple[str, bool]]:
+    """(device, up) of every planned instance, from the server's `/metrics`."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    info: dict[str, str] = {}
+    up: dict[str, bool] = {}
+    for line in text.splitlines():
+        if line.startswith(("enserve_instance_info{", "enserve_instance_up{")):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:
+                                                          line.index("}")].split(","))
+            worker = labels["worker"].strip('"')
+            if line.startswith("enserve_instance_info"):
+                info[worker] = labels.get("device", "").strip('"')
+            else:
+                up[worker] = float(line.rsplit(" ", 1)[1]) == 1.0
+    return [(info.get(w, "?"), ok) for w, ok in sorted(up.items())]
+
+
+def wait_whole(url: str, check: Any, limit_s: float) -> float | None:
+    """Seconds until every instance is up and `check(devices)` holds (None: not in time)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        found = instances(url)
+        if found and all(ok for _, ok in found) and check([d for d, _ in found]):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    return None
+
+
+def inside(out_file: str | None) -> None:
     from enserve.runtime.ray.sandbox import NodeSpec, add_node, local_cluster
 
+    summary: dict[str, Any] = {}
     step("start a 3-node cluster: a head and two workers, one CPU each (no dashboard)")
+    t0 = time.monotonic()
     nodes = [NodeSpec(f"node-{i}", num_cpus=1) for i in range(3)]
     cluster = local_cluster(nodes)
+    summary["cluster_start_s"] = round(time.monotonic() - t0, 1)
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     work = Path(tempfile.mkdtemp())
     server = None
@@ -53,17 +87,25 @@ def inside() -> None:
               "--devices", "ray", "--out", str(repo / "digits" / "plan.json")], env)
         step("serve it: every planned instance is a Ray actor on its node")
         ports = work / "ports.json"
-        server = subprocess.Popen(
-            [*ENSERVE, "serve", str(repo), "--backend", "ray", "--ray-address",
-             cluster.address, "--http-port", "0", "--grpc-port", "-1", "--metrics-port", "-1",
-             "--port-file", str(ports), "--log-level", "warning"], env=env)
+        cmd = [*ENSERVE, "serve", str(repo), "--backend", "ray", "--ray-address",
+               cluster.address, "--http-port", "0", "--grpc-port", "-1", "--metrics-port", "0",
+               "--port-file", str(ports), "--log-level", "warning",
+               "--trust-code", "models.py"]  # the digits members' architectures
+        print("$ " + " ".join(cmd), flush=True)
+        t0 = time.monotonic()
+        server = subprocess.Popen(cmd, env=env)
         deadline = time.monotonic() + 300
         while not ports.exists():
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the server did not start")
             time.sleep(0.5)
-        url = f"http://127.0.0.1:{json.loads(ports.read_text())['http']}"
-        print(f"serving on {url}", flush=True)
+        summary["serve_ready_s"] = round(time.monotonic() - t0, 1)
+        found = json.loads(ports.read_text())
+        url = f"http://127.0.0.1:{found['http']}"
+        metrics = f"http://127.0.0.1:{found['metrics']}"
+        placed = instances(metrics)
+        print(f"serving on {url}; instances (device, up): {placed}", flush=True)
+        summary["instances"] = [d for d, _ in placed]
 
         import httpx
         import numpy as np
@@ -72,34 +114,62 @@ def inside() -> None:
         body = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                             "data": rng.random(64).astype(float).tolist()}]}
         counts = {"ok": 0, "error": 0}
+        slowest = [0.0]
         stop = threading.Event()
 
         def client() -> None:
             with httpx.Client(timeout=60) as http:
                 while not stop.is_set():
-                    r = http.post(f"{url}/v2/models/digits/infer", json=body)
-                    counts["ok" if r.status_code == 200 else "error"] += 1
+                    t = time.monotonic()
+                    try:
+                        r = http.post(f"{url}/v2/models/digits/infer", json=body)
+                        counts["ok" if r.status_code == 200 else "error"] += 1
+                    except httpx.HTTPError:
+                        counts["error"] += 1
+                    slowest[0] = max(slowest[0], time.monotonic() - t)
+
+        def phase(name: str, since: dict[str, int], t_start: float) -> None:
+            got: dict[str, float] = {k: counts[k] - since[k] for k in counts}
+            got["s"] = round(time.monotonic() - t_start, 1)
+            summary[name] = got
+            print(f"{name}: {got}", flush=True)
 
         threads = [threading.Thread(target=client) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(3)
-        step(f"under load ({counts}): remove node-1")
-        victim = cluster.worker_nodes and sorted(cluster.worker_nodes,
-                                                 key=lambda n: n.unique_id)[0]
-        t0 = time.monotonic()
+        t_load, before = time.monotonic(), dict(counts)
+        time.sleep(5)
+        phase("steady", before, t_load)
+        import ray
+
+        names = {n["NodeID"]: (n.get("Labels") or {}).get("enserve-node") for n in ray.nodes()}
+        victim = next(n for n in cluster.worker_nodes if names.get(n.node_id) == "node-1")
+        step("under load: remove node-1 (its raylet and workers are killed)")
+        t_lost, before = time.monotonic(), dict(counts)
         cluster.remove_node(victim)
-        time.sleep(10)
-        print(f"10 s after the loss: {counts} (re-planned onto the other nodes)", flush=True)
+        whole = wait_whole(metrics, lambda ds: not any(d.startswith("node-1/") for d in ds), 120)
+        summary["whole_after_loss_s"] = None if whole is None else round(whole, 1)
+        print(f"re-planned onto node-0 and node-2, every instance up: {whole and round(whole, 1)}"
+              f" s after the loss; instances {instances(metrics)}", flush=True)
+        time.sleep(5)
+        phase("node_lost", before, t_lost)
         step("node-1 returns")
+        t_back, before = time.monotonic(), dict(counts)
         add_node(cluster, nodes[1])
-        time.sleep(15)
+        whole = wait_whole(metrics, lambda ds: any(d.startswith("node-1/") for d in ds), 120)
+        summary["whole_after_return_s"] = None if whole is None else round(whole, 1)
+        print(f"the full plan again: {whole and round(whole, 1)} s after the return; "
+              f"instances {instances(metrics)}", flush=True)
+        time.sleep(5)
+        phase("node_returned", before, t_back)
         stop.set()
         for t in threads:
             t.join()
-        print(f"done after {time.monotonic() - t0:.0f} s: {counts}", flush=True)
-        stats = httpx.get(f"{url}/v2/models/digits/stats", timeout=30)
-        print(f"GET /v2/models/digits/stats -> {stats.status_code}", flush=True)
+        summary["requests"] = dict(counts)
+        summary["slowest_request_s"] = round(slowest[0], 2)
+        print("SUMMARY " + json.dumps(summary), flush=True)
+        if out_file:
+            Path(out_file).write_text(json.dumps(summary, indent=1) + "\n")
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
@@ -111,11 +181,12 @@ def inside() -> None:
 
 
 def main() -> None:
+    out_file = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else None
     if "--inside" in sys.argv:
         from enserve.runtime.ray.sandbox import exit_on_sigterm
 
         exit_on_sigterm()
-        inside()
+        inside(out_file)
         return
     from enserve.runtime.ray.sandbox import (
         call_in_namespace,
@@ -131,7 +202,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     with loopback_namespace("enserve-demo") as ns:
-        sys.exit(call_in_namespace(ns, [sys.executable, __file__, "--inside"], env))
+        extra = ["--out", str(Path(out_file).resolve())] if out_file else []
+        sys.exit(call_in_namespace(ns, [sys.executable, __file__, "--inside", *extra], env))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,16 @@ def tiny_plan(members: list[str]) -> Plan:
             "predicted": {"throughput": 1.0, "latency_s": 1.0}})
 
 
+def one_node_plan(members: list[str]) -> Plan:
+    """Every instance on the driver's node (node-0): the compiled-graph path."""
+    a, b, c = members
+    return Plan.from_dict({"algorithm": "manual", "objective": "throughput",
+            "devices": [_device("node-0")],
+            "instances": [_inst(a, "node-0/cpu", 4), _inst(b, "node-0/cpu", 1),
+                          _inst(b, "node-0/cpu", 1, 0.5), _inst(c, "node-0/cpu", 8)],
+            "predicted": {"throughput": 1.0, "latency_s": 1.0}})
+
+
 def sim_plan(members: list[str]) -> Plan:
     """Simulated members on node-2's two (fake) GPUs: one shared 50/50, one whole."""
     a, b, c = members
@@ -138,6 +148,25 @@ def main() -> None:
         members = [m.name for m in spec.members]
         shape = tuple(spec.inputs[0].shape[1:])
         reference = ReferenceExecutor(spec)
+        # one node: small batches through the compiled graph; an actor killed under load
+        # breaks it (plain calls take over, nothing lost), then it is rebuilt
+        with RayEngine(spec, one_node_plan(members), max_batch=16, check_interval_s=0.25,
+                       task_timeout_s=30, backlog_timeout_s=40) as engine:
+            out["graph_max_diff"] = max_diff(engine, reference, shape, range(12))
+            out["graph_initial"] = engine.stats()["compiled_graph"]
+            load = Load(engine, reference, shape)
+            time.sleep(1.0)
+            import ray
+
+            ray.kill(engine._actors[1].handle, no_restart=True)
+            out["graph_kill_recovered_s"] = wait_until(
+                lambda: engine.stats()["restarts"] >= 1 and whole(engine, None)
+                and (engine.stats()["compiled_graph"] or {}).get("builds", 0) >= 2, 60)
+            time.sleep(1.0)
+            out["graph_kill_load"] = load.stop()
+            out["graph_max_diff_after"] = max_diff(engine, reference, shape, range(30, 36))
+            out["graph_final"] = engine.stats()["compiled_graph"]
+
         engine = RayEngine(spec, tiny_plan(members), max_batch=16, check_interval_s=0.25,
                            task_timeout_s=30, backlog_timeout_s=40)
         t1 = time.monotonic()
@@ -145,12 +174,11 @@ def main() -> None:
             out["engine_start_s"] = time.monotonic() - t1
             out["instance_nodes"] = sorted({i["node"] for i in engine.stats()["instances"]})
             out["max_diff"] = max_diff(engine, reference, shape, range(12))
+            out["graph_three_nodes"] = engine.stats()["compiled_graph"]  # none: plain calls
 
             # an actor killed while requests are in flight: restarted, work retried
             load = Load(engine, reference, shape)
             time.sleep(1.0)
-            import ray
-
             victim = next(a for a in engine._actors if a.node == "node-0")
             ray.kill(victim.handle, no_restart=True)
             out["actor_kill_recovered_s"] = wait_until(

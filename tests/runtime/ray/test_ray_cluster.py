@@ -93,6 +93,17 @@ def test_ray_backend_on_a_three_node_cluster(tmp_path: Path) -> None:
     print(json.dumps(r, indent=1))
     assert r["instance_nodes"] == ["node-0", "node-1", "node-2"]
     assert r["max_diff"] < 1e-5 and r["max_diff_after"] < 1e-5
+    # one node: small batches through the compiled graph, equal to the reference; an actor
+    # killed under load: nothing lost or wrong, the graph rebuilt over the restarted actor
+    assert r["graph_max_diff"] < 1e-5 and r["graph_max_diff_after"] < 1e-5
+    assert r["graph_initial"]["executions"] > 0 and r["graph_initial"]["actors"] == 4
+    assert r["graph_kill_recovered_s"] is not None
+    load = r["graph_kill_load"]
+    assert load["hung"] == 0 and load["wrong"] == 0 and load["errors"] == 0, load
+    assert r["graph_final"]["usable"] and r["graph_final"]["builds"] >= 2
+    assert r["graph_final"]["executions"] > 0
+    # actors on three nodes: plain actor calls (no compiled graph across nodes)
+    assert r["graph_three_nodes"] is None
     # an actor killed under load: restarted, nothing lost or wrong
     assert r["actor_kill_recovered_s"] is not None
     assert r["restarts"] >= 1

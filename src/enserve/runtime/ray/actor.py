@@ -30,6 +30,8 @@ class ActorConfig:
     batch_size: int
     share: float
     covers: tuple[str, ...] = ()
+    trusted: tuple[str, ...] = ()  # the driver's trusted code (a Ray worker does not inherit
+    # the driver's environment, so `--trust-code` travels with the actor)
 
     @property
     def is_cpu(self) -> bool:
@@ -49,6 +51,10 @@ class InstanceActor:
 
     def __init__(self, spec: EnsembleSpec, cfg: ActorConfig) -> None:
         self.cfg = cfg
+        if cfg.trusted:
+            from enserve.members.trust import add_trusted
+
+            add_trusted(cfg.trusted)
         if not cfg.is_cpu and cfg.share < 100:
             os.environ.setdefault("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", str(round(cfg.share)))
         started = time.perf_counter()
@@ -74,6 +80,14 @@ class InstanceActor:
             return pieces[0], time.perf_counter() - t0
         out = {m: np.concatenate([p[m] for p in pieces]) for m in pieces[0]}
         return out, time.perf_counter() - t0
+
+    def run_graph(self, job: tuple[dict[str, np.ndarray], dict[int, tuple[int, int]]],
+                  key: int) -> tuple[dict[str, np.ndarray], float] | None:
+        """The compiled-graph form of `run`: `job` is (inputs, actor key -> rows) for the
+        whole graph, `key` this actor's; None when it has no rows of this batch."""
+        inputs, spans = job
+        span = spans.get(key)
+        return None if span is None else self.run(inputs, *span)
 
     def _forward(self, inputs: dict[str, np.ndarray], start: int, stop: int
                  ) -> dict[str, np.ndarray]:

@@ -8,7 +8,15 @@ Same API as the local `Engine` (`start`, `submit`, `infer`, `infer_sync`, `stats
 - the collector takes answers (and actor readiness) as they arrive and folds each member
   into the batch's `RunningCombination`; the last one answers the batch's requests;
 - the supervisor restarts dead actors, kills hung ones, watches the nodes and re-plans
-  when one leaves or returns (`enserve.plan.replan`).
+  when one leaves or returns (`enserve.plan.replan`), and (re)builds the compiled graph.
+
+Steady state: when every ready actor runs on this process's node, small batches (up to
+`inline_bytes`) go to them through one Ray Compiled Graph (`enserve.runtime.ray.graph`: one
+shared-memory `execute` per batch, all answers in one read) instead of one actor call per
+instance; everything else (large batches, actors on other nodes, starting, restarting or
+lost, a graph that failed) takes plain actor calls. (Across nodes, Ray 2.60's compiled
+graph hung in our 3-node test: a read timed out and a raylet died, so it is kept to one
+node.)
 
 Placement: an instance on `node-2/cpu` is an actor pinned to that node
 (`NodeAffinitySchedulingStrategy`, hard) with `share` intra-op threads (CPU shares are
@@ -46,8 +54,9 @@ from enserve.formats.plan import Instance, Plan, Predicted
 from enserve.formats.profile import Profile
 from enserve.plan.replan import diff_instances, replan
 from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows, fail_expired
+from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, fail_expired
 from enserve.runtime.placement import WorkerConfig, configs_from_plan, execution_units
+from enserve.runtime.ray.graph import CompiledPath, graph_signature
 from enserve.runtime.ray.nodes import NODE_ID_LABEL, LiveNode, connect, live_nodes
 from enserve.runtime.stats import EngineCounters, member_summary, percentiles
 from enserve.spec import EnsembleSpec, load_spec
@@ -118,6 +127,7 @@ class _Chunk:
     stop: int
     attempts: int = 0
     token: int = 0  # bumped on every dispatch: answers of an earlier dispatch are ignored
+    graph_failures: int = 0  # a failed compiled graph retries it once by a plain call, free
     queued_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -152,6 +162,7 @@ class RayEngine:
         check_interval_s: float = 0.5,
         default_batch_size: int = 8,
         inline_bytes: int = 100 * 1024,
+        compiled_graph: bool = True,
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         self.profile = profile
@@ -165,6 +176,11 @@ class RayEngine:
         self.check_interval_s = check_interval_s
         self.default_batch_size = default_batch_size
         self.inline_bytes = inline_bytes  # batches up to this size travel inside the tasks
+        self.compiled_graph = compiled_graph  # small batches through one compiled graph
+        self._graph: CompiledPath | None = None
+        self._graph_refused: set[tuple[Any, ...]] = set()  # signatures that failed
+        self._graph_builds = 0
+        self._inflight_batches = max(1, inflight_batches)
         self.plan: Plan | None = None  # the full plan (all nodes), node-qualified
         self.current: Plan | None = None  # what runs now (re-planned while nodes are lost)
         self._member_names = [m.name for m in self.spec.members]
@@ -193,6 +209,7 @@ class RayEngine:
         self._threads: list[threading.Thread] = []
         self._classes: tuple[int, ...] | None = None
         self._remote_cls: Any = None
+        self._here = ""  # this process's Ray node id
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> RayEngine:
@@ -206,6 +223,7 @@ class RayEngine:
             from enserve.runtime.ray.actor import InstanceActor
 
             connect(self.address)
+            self._here = str(ray.get_runtime_context().get_node_id())
             self._remote_cls = ray.remote(InstanceActor)
             nodes = live_nodes()
             if not nodes:
@@ -221,6 +239,7 @@ class RayEngine:
                 self._apply(target)
             self._spawn(self._collect_loop, "collector")
             self._wait_ready()
+            self._check_graph()
             self._counters.reset()
             self._state = "running"
             self._spawn(self._dispatch_loop, "dispatcher")
@@ -326,6 +345,18 @@ class RayEngine:
         with self._lock:
             return {a.label: a.pid for a in self._actors if a.pid is not None}
 
+    def memory(self) -> dict[str, Any]:
+        """RSS/PSS/USS of the actors on this machine's node (`workers`; actors on other
+        nodes are not measured from here) and of this process's tree (`tree`)."""
+        from enserve.runtime.memory import pids_memory, tree_memory
+
+        with self._lock:
+            here = {name for name, nid in self._node_ids.items() if nid == self._here}
+            pids = [a.pid for a in self._actors if a.pid is not None and a.node in here]
+            elsewhere = sum(1 for a in self._actors if a.node not in here)
+        return {"workers": pids_memory(pids).as_dict(), "tree": tree_memory().as_dict(),
+                "actors_on_other_nodes": elsewhere}
+
     def events(self) -> list[dict[str, Any]]:
         """Node losses and returns, re-plans and actor restarts, oldest first."""
         with self._lock:
@@ -349,11 +380,20 @@ class RayEngine:
                 "latency": percentiles(c.latencies),
                 "restarts": sum(a.restarts for a in self._actors),
                 "replans": self._replans,
+                "compiled_graph": self._graph_summary(),
                 "nodes": {name: ("lost" if name in self._lost else "alive")
                           for name in self._plan_nodes()},
                 "members": member_summary(instances) if instances else {},
                 "instances": instances,
             }
+
+    def _graph_summary(self) -> dict[str, Any] | None:
+        g = self._graph
+        if g is None:
+            return None if not self._graph_builds else {"builds": self._graph_builds,
+                                                        "usable": False}
+        return {"actors": len(g.keys), "executions": g.executions, "builds": self._graph_builds,
+                "usable": g.usable, "broken": g.broken}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -518,11 +558,13 @@ class RayEngine:
                 pg, placement_group_bundle_index=0)
         a.generation += 1
         a.state, a.started_at, a.error, a.pid = "starting", time.monotonic(), None, None
+        from enserve.members.trust import trusted_entries
         from enserve.runtime.ray.actor import ActorConfig
 
         c = a.cfg
         a.handle = self._remote_cls.options(**options).remote(self.spec, ActorConfig(
-            c.index, c.member, c.variant, c.device, c.batch_size, c.share, c.covers))
+            c.index, c.member, c.variant, c.device, c.batch_size, c.share, c.covers,
+            tuple(trusted_entries())))
         probe = {t.name: np.random.default_rng(0).standard_normal(
             (1, *(d if d > 0 else 1 for d in t.shape[1:]))).astype(np.float32)
             for t in self.spec.inputs}
@@ -663,10 +705,12 @@ class RayEngine:
         else:
             arrays = {name: np.concatenate([r.inputs[name] for r in requests])
                       for name in requests[0].inputs}
-        if sum(a.nbytes for a in arrays.values()) > self.inline_bytes:
+        small = sum(a.nbytes for a in arrays.values()) <= self.inline_bytes
+        if not small:
             ref: Any = ray.put(arrays)  # once: every member's actors read this one copy
         else:  # small: sent inside each task (as Ray inlines small objects), no store trip
             ref = arrays
+        graph = self._graph if small else None
         with self._lock:
             batch = _Batch(next(self._ids), requests, rows, ref, {u: rows for u in self.units},
                            RunningCombination(self.spec.combiner, self._weights,
@@ -674,20 +718,123 @@ class RayEngine:
             self._inflight += 1
             self._counters.batches += 1
             self._counters.batch_rows.append(rows)
-            for unit in self.units:
-                # one task per serving actor (it runs its rows in pieces of its planned
-                # batch size): a batch costs a task per instance, not per planned batch
-                actors = self._serving(unit)
-                for start, stop in chunk_rows(rows, rows, max(1, len(actors))):
-                    self._assign(_Chunk(next(self._ids), batch, unit, start, stop))
+            sent = self._graph_chunks(batch, graph) if graph is not None else None
+            if sent is None:
+                for unit in self.units:
+                    # one task per serving actor (it runs its rows in pieces of its planned
+                    # batch size): a batch costs a task per instance, not per planned batch;
+                    # rows in proportion to the instances' shares (a half-share replica
+                    # gets half the rows, so no batch waits on its slowest replica)
+                    actors = self._serving(unit)
+                    if not actors:
+                        self._assign(_Chunk(next(self._ids), batch, unit, 0, rows))
+                        continue
+                    spans = split_rows(rows, [a.instance.share for a in actors])
+                    for a, (start, stop) in zip(actors, spans, strict=True):
+                        if stop > start:
+                            self._assign(_Chunk(next(self._ids), batch, unit, start, stop), a)
+        if graph is not None and sent is not None:
+            graph_spans = {key: (c[3].start, c[3].stop) for key, c in sent.items()}
+            if not graph.submit(arrays, sent, graph_spans):  # not taken: plain calls instead
+                self._graph_broken(list(sent.values()), "compiled graph not usable", free=True)
+
+    def _graph_chunks(self, batch: _Batch, graph: CompiledPath
+                      ) -> dict[int, tuple[_Actor, int, int, _Chunk]] | None:
+        """Split `batch` over the graph's ready actors, one chunk each, and mark them sent
+        (lock held); None when a unit has no ready actor in the graph."""
+        if not graph.usable:
+            return None
+        keys = set(graph.keys)
+        per_unit = {u: [a for a in self._actors if a.key in keys and a.cfg.member == u
+                        and a.state == "ready"] for u in self.units}
+        if not all(per_unit.values()):
+            return None
+        sent: dict[int, tuple[_Actor, int, int, _Chunk]] = {}
+        for unit, actors in per_unit.items():
+            spans = split_rows(batch.rows, [a.instance.share for a in actors])
+            for a, (start, stop) in zip(actors, spans, strict=True):
+                if stop <= start:
+                    continue
+                chunk = _Chunk(next(self._ids), batch, unit, start, stop)
+                self._mark_sent(a, chunk)
+                sent[a.key] = (a, a.generation, chunk.token, chunk)
+        return sent
+
+    def _mark_sent(self, a: _Actor, chunk: _Chunk) -> None:
+        if not a.inflight:
+            a.last_progress = time.monotonic()
+        a.inflight[chunk.task_id] = chunk
+        a.outstanding_rows += chunk.rows
+        chunk.token += 1
+
+    def _graph_answer(self, key: int, sent: tuple[_Actor, int, int, _Chunk],
+                      future: Future[Any]) -> None:
+        a, generation, token, chunk = sent
+        self._on_result(a, generation, token, chunk, future)
+
+    def _graph_broken(self, outstanding: list[tuple[_Actor, int, int, _Chunk]], why: str,
+                      free: bool = False) -> None:
+        """The graph failed: its outstanding chunks go by plain calls (the first time
+        free of the retry budget; a second graph failure counts as a retry)."""
+        with self._lock:
+            self._nodes_due = True
+            for a, _generation, token, chunk in outstanding:
+                if token != chunk.token:
+                    continue  # answered already
+                if a.inflight.pop(chunk.task_id, None) is not None:
+                    a.outstanding_rows -= chunk.rows
+                if not free:
+                    chunk.graph_failures += 1
+                if chunk.graph_failures > 1:
+                    self._retry(chunk, why)
+                else:
+                    self._assign(chunk)
+
+    def _check_graph(self) -> None:
+        """(Re)build the compiled graph when the set of ready actors changed (every unit
+        must have one, and all on this process's node: see the module doc); the old graph
+        is closed once its executions are read."""
+        if not self.compiled_graph:
+            return
+        with self._lock:
+            ready = sorted((a for a in self._actors if a.state == "ready"), key=lambda a: a.key)
+            if any(self._node_ids.get(a.node) != self._here for a in ready):
+                remote, self._graph = self._graph, None  # actors on other nodes: plain calls
+                if remote is not None:
+                    remote.close()
+                return
+            signature = graph_signature([(a.key, a.generation) for a in ready])
+            current = self._graph
+            if current is not None and current.signature == signature and current.usable:
+                return
+            if signature in self._graph_refused or not ready or not all(
+                    any(a.cfg.member == u for a in ready) for u in self.units):
+                return
+            handles = {a.key: a.handle for a in ready}
+        try:
+            graph = CompiledPath(handles, signature, self._graph_answer, self._graph_broken,
+                                 max_inflight=self._inflight_batches,
+                                 read_timeout_s=self.task_timeout_s or 3600.0)
+        except Exception as exc:
+            self._graph_refused.add(signature)
+            log.warning("compiled graph not built (plain actor calls): %s", _reason(exc))
+            return
+        old: CompiledPath | None = graph  # stopping meanwhile: not used
+        with self._lock:
+            if self._state in ("starting", "running"):
+                old, self._graph = self._graph, graph
+                self._graph_builds += 1
+        if old is not None:
+            old.close()
 
     def _serving(self, unit: str) -> list[_Actor]:
         return [a for a in self._actors if a.cfg.member == unit and a.state == "ready"] or [
             a for a in self._actors if a.cfg.member == unit and a.state in ("replaced",)]
 
-    def _assign(self, chunk: _Chunk) -> None:
-        """Send a chunk to the least-loaded ready actor of its unit (lock held); with none
-        ready it waits in the backlog (up to `backlog_timeout_s`) for a restart or re-plan."""
+    def _assign(self, chunk: _Chunk, to: _Actor | None = None) -> None:
+        """Send a chunk to actor `to`, else to the least-loaded ready actor of its unit (lock
+        held); with none ready it waits in the backlog (up to `backlog_timeout_s`) for a
+        restart or re-plan."""
         if chunk.batch.error is not None or chunk.batch.done:
             return
         ready = [a for a in self._actors if a.cfg.member == chunk.unit
@@ -695,12 +842,9 @@ class RayEngine:
         if not ready:
             self._backlog[chunk.unit].append(chunk)
             return
-        a = min(ready, key=lambda x: (x.state != "ready", x.outstanding_rows))
-        if not a.inflight:
-            a.last_progress = time.monotonic()
-        a.inflight[chunk.task_id] = chunk
-        a.outstanding_rows += chunk.rows
-        chunk.token += 1
+        a = to if to is not None and to in ready else min(
+            ready, key=lambda x: (x.state != "ready", x.outstanding_rows))
+        self._mark_sent(a, chunk)
         ref = a.handle.run.remote(chunk.batch.ref, chunk.start, chunk.stop)
         sent = (a, a.generation, chunk.token)
         ref.future().add_done_callback(lambda f: self._answered(sent, chunk, f))
@@ -859,6 +1003,7 @@ class RayEngine:
                     self._check_nodes()
                     next_nodes = time.monotonic() + max(1.0, self.check_interval_s)
                 self._check_actors()
+                self._check_graph()
             except Exception:
                 log.exception("supervisor round failed")
 
@@ -926,6 +1071,10 @@ class RayEngine:
             with self._changed:
                 self._changed.wait_for(lambda: self._inflight == 0,
                                        timeout=max(0.0, deadline - time.monotonic()))
+        graph, self._graph = self._graph, None
+        if graph is not None:  # its loops leave the actors before they are killed
+            graph.close()
+            graph.join(timeout_s=5.0)
         with self._changed:
             self._state = "stopped"
             for r in _drain(self._requests):
@@ -946,6 +1095,24 @@ class RayEngine:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
+
+
+def split_rows(rows: int, weights: Sequence[float]) -> list[tuple[int, int]]:
+    """Rows [0, rows) as consecutive spans in proportion to `weights` (largest remainders
+    rounded up; a span may be empty, at most one per weight)."""
+    total = sum(max(0.0, w) for w in weights)
+    if rows <= 0 or not weights:
+        return []
+    shares = [max(0.0, w) / total if total > 0 else 1 / len(weights) for w in weights]
+    exact = [rows * s for s in shares]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[:rows - sum(counts)]:
+        counts[i] += 1
+    spans, start = [], 0
+    for n in counts:
+        spans.append((start, start + n))
+        start += n
+    return spans
 
 
 def _drain(requests: RequestQueue) -> list[PendingRequest]:
