@@ -182,7 +182,7 @@ def part_one_node(duration: float, spec_dir: str) -> dict[str, Any]:
                  else "one instance per member, batch 16, share 1")
     cluster = local_cluster([NodeSpec("node-0", num_cpus=2)])
     try:
-        cfg = BenchConfig(concurrency=16, duration_s=duration, warmup_s=2.0, rounds=2,
+        cfg = BenchConfig(concurrency=16, duration_s=duration, warmup_s=max(2.0, duration / 2), rounds=2,
                           baselines=["local-engine"], backend="ray", fusion="off",
                           max_batch=32)
         report = run_bench(spec, plan, cfg, None, log)

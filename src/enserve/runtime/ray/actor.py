@@ -64,8 +64,11 @@ class InstanceActor:
         self.load_s = time.perf_counter() - started
 
     def ready(self, probe: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Warm up on `probe` (one row per input); the output shape and this process's pid."""
-        out = self._forward(probe, 0, 1)
+        """Warm up on `probe` (one row per input) repeated to the planned batch size, as a
+        local worker does (the kernels for the shape it will run); the output shape and this
+        process's pid."""
+        rows = max(1, self.cfg.batch_size)
+        out = self._forward({k: np.repeat(v, rows, axis=0) for k, v in probe.items()}, 0, rows)
         shape = next(iter(out.values())).shape
         return {"output_shape": [-1, *shape[1:]], "pid": os.getpid(), "load_s": self.load_s}
 

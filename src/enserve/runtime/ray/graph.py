@@ -78,7 +78,9 @@ class CompiledPath:
         """Execute once for a batch: actor key -> rows `spans` of `inputs`; `sent` is what
         comes back with each answer. False (nothing sent) when the graph cannot take it."""
         with self._changed:
-            if not self.usable or len(self._pending) >= self._max_inflight:
+            # one more than the engine's batches in flight: the last answered one may not
+            # be taken off the list yet (Ray's graph allows max_inflight + 1)
+            if not self.usable or len(self._pending) > self._max_inflight:
                 return False
         try:
             with self._lock:
