@@ -226,7 +226,8 @@ def measure_sim(spec: Any, plan: Any, duration: float, pyspy: str | None = None
     payloads = [rng.standard_normal((rows, 3, 8, 8)).astype(np.float32) for _ in range(8)]
     t0 = time.monotonic()
     with RayEngine(spec, plan, max_batch=batch, inflight_batches=3, max_queue=4096,
-                   start_timeout_s=900) as engine:
+                   start_timeout_s=900,
+                   compiled_graph=not os.environ.get("SCALE_OUT_NO_GRAPH")) as engine:
         started = time.monotonic() - t0
 
         async def call(x: Any) -> Any:
@@ -248,6 +249,7 @@ def measure_sim(spec: Any, plan: Any, duration: float, pyspy: str | None = None
             "measured": result.throughput, "predicted": predicted,
             "measured_over_predicted": result.throughput / predicted,
             "failed": result.failed, "mean_batch_rows": stats["mean_batch_rows"],
+            "batches": stats["batches"], "compiled_graph": stats["compiled_graph"],
             "p50_s": float(np.percentile(result.latencies, 50)) if result.latencies else None}
 
 

@@ -10,13 +10,13 @@ Same API as the local `Engine` (`start`, `submit`, `infer`, `infer_sync`, `stats
 - the supervisor restarts dead actors, kills hung ones, watches the nodes and re-plans
   when one leaves or returns (`enserve.plan.replan`), and (re)builds the compiled graph.
 
-Steady state: when every ready actor runs on this process's node, small batches (up to
-`inline_bytes`) go to them through one Ray Compiled Graph (`enserve.runtime.ray.graph`: one
-shared-memory `execute` per batch, all answers in one read) instead of one actor call per
-instance; everything else (large batches, actors on other nodes, starting, restarting or
-lost, a graph that failed) takes plain actor calls. (Across nodes, Ray 2.60's compiled
-graph hung in our 3-node test: a read timed out and a raylet died, so it is kept to one
-node.)
+Steady state: when every ready actor runs on this process's node, batches go to them
+through one Ray Compiled Graph (`enserve.runtime.ray.graph`: one shared-memory `execute`
+per batch, all answers in one read) instead of one actor call per instance. Plain actor
+calls (the batch `ray.put` once when larger than `inline_bytes`) serve actors on other
+nodes, and any actor set without a working graph (starting, restarting, lost, a graph that
+failed); never both at once on one actor. (Across nodes, Ray 2.60's compiled graph hung in
+our 3-node test: a read timed out and a raylet died, so it is kept to one node.)
 
 Placement: an instance on `node-2/cpu` is an actor pinned to that node
 (`NodeAffinitySchedulingStrategy`, hard) with `share` intra-op threads (CPU shares are
@@ -180,6 +180,9 @@ class RayEngine:
         self._graph: CompiledPath | None = None
         self._graph_refused: set[tuple[Any, ...]] = set()  # signatures that failed
         self._graph_builds = 0
+        self._graph_building = False  # a graph is being built: dispatch waits
+        self._graph_retry_at = 0.0
+        self._old_graphs: list[CompiledPath] = []  # closed, their loops still leaving
         self._inflight_batches = max(1, inflight_batches)
         self.plan: Plan | None = None  # the full plan (all nodes), node-qualified
         self.current: Plan | None = None  # what runs now (re-planned while nodes are lost)
@@ -705,12 +708,13 @@ class RayEngine:
         else:
             arrays = {name: np.concatenate([r.inputs[name] for r in requests])
                       for name in requests[0].inputs}
-        small = sum(a.nbytes for a in arrays.values()) <= self.inline_bytes
-        if not small:
-            ref: Any = ray.put(arrays)  # once: every member's actors read this one copy
-        else:  # small: sent inside each task (as Ray inlines small objects), no store trip
-            ref = arrays
-        graph = self._graph if small else None
+        with self._changed:  # a graph being built: its actors must be idle meanwhile
+            self._changed.wait_for(lambda: not self._graph_building)
+            graph = self._graph if self._graph is not None and self._graph.usable else None
+        if graph is not None or sum(a.nbytes for a in arrays.values()) <= self.inline_bytes:
+            ref: Any = arrays  # through the graph's channels, or inside each task (small)
+        else:
+            ref = ray.put(arrays)  # once: every member's actors read this one copy
         with self._lock:
             batch = _Batch(next(self._ids), requests, rows, ref, {u: rows for u in self.units},
                            RunningCombination(self.spec.combiner, self._weights,
@@ -719,6 +723,8 @@ class RayEngine:
             self._counters.batches += 1
             self._counters.batch_rows.append(rows)
             sent = self._graph_chunks(batch, graph) if graph is not None else None
+            if graph is not None and sent is None:  # a unit lost its graph actors: drop it
+                self._drop_graph(graph)
             if sent is None:
                 for unit in self.units:
                     # one task per serving actor (it runs its rows in pieces of its planned
@@ -746,7 +752,7 @@ class RayEngine:
             return None
         keys = set(graph.keys)
         per_unit = {u: [a for a in self._actors if a.key in keys and a.cfg.member == u
-                        and a.state == "ready"] for u in self.units}
+                        and a.state in ("ready", "replaced")] for u in self.units}
         if not all(per_unit.values()):
             return None
         sent: dict[int, tuple[_Actor, int, int, _Chunk]] = {}
@@ -791,41 +797,63 @@ class RayEngine:
                     self._assign(chunk)
 
     def _check_graph(self) -> None:
-        """(Re)build the compiled graph when the set of ready actors changed (every unit
-        must have one, and all on this process's node: see the module doc); the old graph
-        is closed once its executions are read."""
+        """Keep the compiled graph in step with the ready actors (every unit must have one,
+        all on this process's node: see the module doc). A graph that no longer matches is
+        dropped at once (plain calls meanwhile). Building one pauses dispatch until no chunk
+        is in flight (an actor inside a graph does not run plain calls: Ray 2.60 stalled
+        when we mixed them), then compiles (~1 s) and resumes."""
         if not self.compiled_graph:
             return
-        with self._lock:
+        with self._changed:
             ready = sorted((a for a in self._actors if a.state == "ready"), key=lambda a: a.key)
-            if any(self._node_ids.get(a.node) != self._here for a in ready):
-                remote, self._graph = self._graph, None  # actors on other nodes: plain calls
-                if remote is not None:
-                    remote.close()
-                return
             signature = graph_signature([(a.key, a.generation) for a in ready])
             current = self._graph
             if current is not None and current.signature == signature and current.usable:
                 return
-            if signature in self._graph_refused or not ready or not all(
-                    any(a.cfg.member == u for a in ready) for u in self.units):
+            if current is not None:  # stale or broken: stop using it now
+                self._drop_graph(current)
+            if (signature in self._graph_refused or not ready
+                    or time.monotonic() < self._graph_retry_at
+                    or any(self._node_ids.get(a.node) != self._here for a in ready)
+                    or not all(any(a.cfg.member == u for a in ready) for u in self.units)):
+                return
+            self._graph_building = True  # the dispatcher waits
+            deadline = time.monotonic() + 10.0
+            while any(a.inflight for a in self._actors) and time.monotonic() < deadline:
+                self._changed.wait(0.02)
+            if any(a.inflight for a in self._actors):  # still out (slow or hung): later
+                self._graph_building = False
+                self._graph_retry_at = time.monotonic() + 30.0
+                self._changed.notify_all()
                 return
             handles = {a.key: a.handle for a in ready}
+            old_graphs, self._old_graphs = self._old_graphs, []
+        graph: CompiledPath | None = None
         try:
+            for old in old_graphs:  # their loops leave the actors first
+                old.join(timeout_s=30.0)
             graph = CompiledPath(handles, signature, self._graph_answer, self._graph_broken,
                                  max_inflight=self._inflight_batches,
                                  read_timeout_s=self.task_timeout_s or 3600.0)
         except Exception as exc:
             self._graph_refused.add(signature)
             log.warning("compiled graph not built (plain actor calls): %s", _reason(exc))
-            return
-        old: CompiledPath | None = graph  # stopping meanwhile: not used
-        with self._lock:
-            if self._state in ("starting", "running"):
-                old, self._graph = self._graph, graph
-                self._graph_builds += 1
-        if old is not None:
-            old.close()
+        finally:
+            with self._changed:
+                if graph is not None and self._state in ("starting", "running"):
+                    self._graph, graph = graph, None
+                    self._graph_builds += 1
+                self._graph_building = False
+                self._changed.notify_all()
+            if graph is not None:  # stopping meanwhile: not used
+                graph.close()
+
+    def _drop_graph(self, graph: CompiledPath) -> None:
+        """Stop using `graph` (lock held): it is torn down once its executions are read."""
+        if self._graph is graph:
+            self._graph = None
+        self._old_graphs = [g for g in self._old_graphs if g.alive] + [graph]
+        graph.close()
 
     def _serving(self, unit: str) -> list[_Actor]:
         return [a for a in self._actors if a.cfg.member == unit and a.state == "ready"] or [
@@ -1071,8 +1099,9 @@ class RayEngine:
             with self._changed:
                 self._changed.wait_for(lambda: self._inflight == 0,
                                        timeout=max(0.0, deadline - time.monotonic()))
-        graph, self._graph = self._graph, None
-        if graph is not None:  # its loops leave the actors before they are killed
+        graphs = [g for g in (self._graph, *self._old_graphs) if g is not None]
+        self._graph, self._old_graphs = None, []
+        for graph in graphs:  # their loops leave the actors before they are killed
             graph.close()
             graph.join(timeout_s=5.0)
         with self._changed:

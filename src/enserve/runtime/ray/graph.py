@@ -7,10 +7,12 @@ shared-memory channel: one `execute` per batch hands every actor the batch and t
 computes, and one read brings all answers back (about 1 ms for two actors here).
 
 The graph is bound to a fixed set of actors: `RayEngine` builds one whenever the set of
-ready actors changes and keeps plain calls for everything else (large batches, actors
-starting or lost, a graph that failed). `execute` and the reads are not thread-safe, so
-both run under this object's lock; a reader thread takes the answers in order and hands
-each actor's to `on_answer` (a done `Future`, as a plain call's answer would be).
+ready actors changes, sends every batch through it while it works, and plain calls only
+while there is none (actors starting or lost, a graph that failed): an actor inside a
+graph must not get plain calls too (Ray 2.60 stalled both when we mixed them).
+`execute` and the reads are not thread-safe, so both run under this object's lock; a
+reader thread takes the answers in order and hands each actor's to `on_answer` (a done
+`Future`, as a plain call's answer would be).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ class CompiledPath:
         with self._changed:
             self._closing = True
             self._changed.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        """Its reader still runs (executions to read, or not yet torn down)."""
+        return self._reader.is_alive()
 
     def join(self, timeout_s: float) -> None:
         self._reader.join(timeout=timeout_s)
