@@ -391,7 +391,8 @@ def machine() -> dict[str, Any]:
     import ray
 
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "ray": ray.__version__,
-            "load_avg_at_start": os.getloadavg(), "note": "shared machine (8 engineers)"}
+            "load_avg_at_start": os.getloadavg(),
+            "note": "shared machine; measurements serialized by /tmp/enserve-cpu.lock"}
 
 
 def inside(args: argparse.Namespace) -> None:
