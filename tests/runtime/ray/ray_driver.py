@@ -153,6 +153,9 @@ def main() -> None:
         with RayEngine(spec, one_node_plan(members), max_batch=16, check_interval_s=0.25,
                        task_timeout_s=30, backlog_timeout_s=40) as engine:
             out["graph_max_diff"] = max_diff(engine, reference, shape, range(12))
+            engine.inline_bytes = 0  # every batch through the object store, by reference
+            out["graph_max_diff_put"] = max_diff(engine, reference, shape, range(40, 46))
+            engine.inline_bytes = 100 * 1024
             out["graph_initial"] = engine.stats()["compiled_graph"]
             load = Load(engine, reference, shape)
             time.sleep(1.0)

@@ -96,6 +96,7 @@ def test_ray_backend_on_a_three_node_cluster(tmp_path: Path) -> None:
     # one node: small batches through the compiled graph, equal to the reference; an actor
     # killed under load: nothing lost or wrong, the graph rebuilt over the restarted actor
     assert r["graph_max_diff"] < 1e-5 and r["graph_max_diff_after"] < 1e-5
+    assert r["graph_max_diff_put"] < 1e-5  # large batches: an object ref through the graph
     assert r["graph_initial"]["executions"] > 0 and r["graph_initial"]["actors"] == 4
     assert r["graph_kill_recovered_s"] is not None
     load = r["graph_kill_load"]

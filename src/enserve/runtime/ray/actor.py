@@ -84,13 +84,20 @@ class InstanceActor:
         out = {m: np.concatenate([p[m] for p in pieces]) for m in pieces[0]}
         return out, time.perf_counter() - t0
 
-    def run_graph(self, job: tuple[dict[str, np.ndarray], dict[int, tuple[int, int]]],
+    def run_graph(self, job: tuple[Any, dict[int, tuple[int, int]]],
                   key: int) -> tuple[dict[str, np.ndarray], float] | None:
         """The compiled-graph form of `run`: `job` is (inputs, actor key -> rows) for the
-        whole graph, `key` this actor's; None when it has no rows of this batch."""
+        whole graph, `key` this actor's; None when it has no rows of this batch. `inputs`
+        is the arrays, or for a large batch its object-store reference (read zero-copy)."""
         inputs, spans = job
         span = spans.get(key)
-        return None if span is None else self.run(inputs, *span)
+        if span is None:
+            return None
+        if not isinstance(inputs, dict):
+            import ray
+
+            inputs = ray.get(inputs)
+        return self.run(inputs, *span)
 
     def _forward(self, inputs: dict[str, np.ndarray], start: int, stop: int
                  ) -> dict[str, np.ndarray]:

@@ -711,10 +711,10 @@ class RayEngine:
         with self._changed:  # a graph being built: its actors must be idle meanwhile
             self._changed.wait_for(lambda: not self._graph_building)
             graph = self._graph if self._graph is not None and self._graph.usable else None
-        if graph is not None or sum(a.nbytes for a in arrays.values()) <= self.inline_bytes:
-            ref: Any = arrays  # through the graph's channels, or inside each task (small)
-        else:
-            ref = ray.put(arrays)  # once: every member's actors read this one copy
+        if sum(a.nbytes for a in arrays.values()) <= self.inline_bytes:
+            ref: Any = arrays  # small: inside each task or the graph's channel, no store trip
+        else:  # once: every member's actors read this one copy (also through the graph)
+            ref = ray.put(arrays)
         with self._lock:
             batch = _Batch(next(self._ids), requests, rows, ref, {u: rows for u in self.units},
                            RunningCombination(self.spec.combiner, self._weights,
@@ -741,7 +741,7 @@ class RayEngine:
                             self._assign(_Chunk(next(self._ids), batch, unit, start, stop), a)
         if graph is not None and sent is not None:
             graph_spans = {key: (c[3].start, c[3].stop) for key, c in sent.items()}
-            if not graph.submit(arrays, sent, graph_spans):  # not taken: plain calls instead
+            if not graph.submit(ref, sent, graph_spans):  # not taken: plain calls instead
                 self._graph_broken(list(sent.values()), "compiled graph not usable", free=True)
 
     def _graph_chunks(self, batch: _Batch, graph: CompiledPath

@@ -75,10 +75,11 @@ class CompiledPath:
     def usable(self) -> bool:
         return self.broken is None and not self._closing
 
-    def submit(self, inputs: Mapping[str, Any], sent: Mapping[int, Any],
+    def submit(self, inputs: Any, sent: Mapping[int, Any],
                spans: Mapping[int, tuple[int, int]]) -> bool:
-        """Execute once for a batch: actor key -> rows `spans` of `inputs`; `sent` is what
-        comes back with each answer. False (nothing sent) when the graph cannot take it."""
+        """Execute once for a batch: actor key -> rows `spans` of `inputs` (the arrays, or
+        the object-store reference of a large batch); `sent` is what comes back with each
+        answer. False (nothing sent) when the graph cannot take it."""
         with self._changed:
             # one more than the engine's batches in flight: the last answered one may not
             # be taken off the list yet (Ray's graph allows max_inflight + 1)
@@ -86,7 +87,7 @@ class CompiledPath:
                 return False
         try:
             with self._lock:
-                refs = self._dag.execute((dict(inputs), dict(spans)))
+                refs = self._dag.execute((inputs, dict(spans)))
         except Exception as exc:
             self._break(f"compiled graph execute failed: {type(exc).__name__}: {exc}")
             return False
