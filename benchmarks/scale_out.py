@@ -130,7 +130,7 @@ def part_overhead(requests: int) -> dict[str, Any]:
             ray.get(noop.f.remote(x))
             floor.append(time.perf_counter() - t0)
         times: dict[str, list[float]] = {"ray": [], "ray_plain_calls": [], "local": []}
-        with RayEngine(spec, plan, max_batch=8) as ray_engine, \
+        with RayEngine(spec, plan, max_batch=8, compiled_graph=True) as ray_engine, \
                 RayEngine(spec, plan, max_batch=8, compiled_graph=False) as plain_engine, \
                 Engine(spec, plan, max_batch=8) as local_engine:
             engines = {"ray": ray_engine, "ray_plain_calls": plain_engine,
@@ -227,7 +227,7 @@ def measure_sim(spec: Any, plan: Any, duration: float, pyspy: str | None = None
     t0 = time.monotonic()
     with RayEngine(spec, plan, max_batch=batch, inflight_batches=3, max_queue=4096,
                    start_timeout_s=900,
-                   compiled_graph=not os.environ.get("SCALE_OUT_NO_GRAPH")) as engine:
+                   compiled_graph=bool(os.environ.get("SCALE_OUT_GRAPH"))) as engine:
         started = time.monotonic() - t0
 
         async def call(x: Any) -> Any:

@@ -151,7 +151,7 @@ def main() -> None:
         # one node: small batches through the compiled graph; an actor killed under load
         # breaks it (plain calls take over, nothing lost), then it is rebuilt
         with RayEngine(spec, one_node_plan(members), max_batch=16, check_interval_s=0.25,
-                       task_timeout_s=30, backlog_timeout_s=40) as engine:
+                       task_timeout_s=30, backlog_timeout_s=40, compiled_graph=True) as engine:
             out["graph_max_diff"] = max_diff(engine, reference, shape, range(12))
             engine.inline_bytes = 0  # every batch through the object store, by reference
             out["graph_max_diff_put"] = max_diff(engine, reference, shape, range(40, 46))

@@ -10,7 +10,7 @@ Same API as the local `Engine` (`start`, `submit`, `infer`, `infer_sync`, `stats
 - the supervisor restarts dead actors, kills hung ones, watches the nodes and re-plans
   when one leaves or returns (`enserve.plan.replan`), and (re)builds the compiled graph.
 
-Steady state: when every ready actor runs on this process's node, batches go to them
+Opt-in (`compiled_graph=True`): when every ready actor runs on this process's node, batches go to them
 through one Ray Compiled Graph (`enserve.runtime.ray.graph`: one shared-memory `execute`
 per batch, all answers in one read) instead of one actor call per instance. Plain actor
 calls (the batch `ray.put` once when larger than `inline_bytes`) serve actors on other
@@ -162,7 +162,7 @@ class RayEngine:
         check_interval_s: float = 0.5,
         default_batch_size: int = 8,
         inline_bytes: int = 100 * 1024,
-        compiled_graph: bool = True,
+        compiled_graph: bool = False,
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         self.profile = profile
