@@ -291,7 +291,8 @@ def part_simulated(duration: float, scenarios: list[str] | None = None,
             return out
         one = out["1x16-on-1-node"]["measured"]
         out["scaling"] = {f"{k}_nodes": {"measured": out[n]["measured"],
-                                         "vs_linear": out[n]["measured"] / (k * one)}
+                                         "vs_linear": out[n]["measured"] / (k * one)
+                                         if one > 0 else None}
                           for k, n in ((1, "1x16-on-1-node"), (2, "1x16-on-2-nodes"),
                                        (4, "1x16"))}
         return out

@@ -176,7 +176,7 @@ class RayEngine:
         self.check_interval_s = check_interval_s
         self.default_batch_size = default_batch_size
         self.inline_bytes = inline_bytes  # batches up to this size travel inside the tasks
-        self.compiled_graph = compiled_graph  # small batches through one compiled graph
+        self.compiled_graph = compiled_graph  # batches through one compiled graph (one node)
         self._graph: CompiledPath | None = None
         self._graph_refused: set[tuple[Any, ...]] = set()  # signatures that failed
         self._graph_builds = 0
