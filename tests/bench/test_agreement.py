@@ -99,7 +99,8 @@ def test_bench_reports_live_agreement_with_the_fp32_plan(tmp_path: Path, capsys)
         "accuracy": {"synthetic": 64},
     }))
     out = tmp_path / "report.json"
-    code = main(["bench", str(tmp_path / "ensemble.yaml"), "--trust-code", "models.py",
+    # no --trust-code here: in process it would replace the trust the suite's conftest set
+    code = main(["bench", str(tmp_path / "ensemble.yaml"),
                  "--profile", str(_profile(tmp_path / "profile.json")), "--baseline", "fp32",
                  "--duration", "0.5", "--warmup", "0.2", "--concurrency", "2",
                  "--out", str(out)])

@@ -180,6 +180,10 @@ def test_restart_after_fork_server_death_forks_from_its_spare(tmp_path: Path) ->
         parent = psutil.Process(_pid(engine, "net_a")).ppid()
         assert parent in spares, "the restart started a new fork server"
         assert engine.infer_sync(_x(2), timeout=30).probabilities.shape == (2, 5)
+    # The spare that took over is no child of this process: later tests' engines (which
+    # look for their workers among this process's descendants) get fresh fork servers.
+    for flavor in ("lean", "torch", "fused"):
+        launch.stop_server(flavor)  # type: ignore[arg-type]
 
 
 def test_process_group_sigterm_spares_workers(tmp_path: Path) -> None:
