@@ -785,10 +785,10 @@ class RayEngine:
         with self._lock:
             self._nodes_due = True
             for a, _generation, token, chunk in outstanding:
-                if token != chunk.token:
-                    continue  # answered already
-                if a.inflight.pop(chunk.task_id, None) is not None:
-                    a.outstanding_rows -= chunk.rows
+                if token != chunk.token or a.inflight.pop(chunk.task_id, None) is None:
+                    continue  # answered already, or sent again when its actor died
+                chunk.token += 1  # a late answer from the graph no longer counts
+                a.outstanding_rows -= chunk.rows
                 if not free:
                     chunk.graph_failures += 1
                 if chunk.graph_failures > 1:
@@ -832,7 +832,7 @@ class RayEngine:
         try:
             for old in old_graphs:  # their loops leave the actors first
                 old.join(timeout_s=30.0)
-            graph = CompiledPath(handles, signature, self._graph_answer, self._graph_broken,
+            graph = CompiledPath.build(handles, signature, self._graph_answer, self._graph_broken,
                                  max_inflight=self._inflight_batches,
                                  read_timeout_s=self.task_timeout_s or 3600.0)
         except Exception as exc:
@@ -911,11 +911,10 @@ class RayEngine:
             return
         batch = chunk.batch
         with self._lock:
-            if token != chunk.token:
-                return
+            if token != chunk.token or a.inflight.pop(chunk.task_id, None) is None:
+                return  # given up meanwhile (a broken graph, a dead actor): sent again
             chunk.token += 1  # answered: nothing later may count these rows again
-            if a.inflight.pop(chunk.task_id, None) is not None:
-                a.outstanding_rows -= chunk.rows
+            a.outstanding_rows -= chunk.rows
             a.last_progress = time.monotonic()
             s = a.stats
             s.tasks += 1
@@ -942,7 +941,7 @@ class RayEngine:
             except Exception as exc:
                 self._fail_batch(batch, f"combiner failed: {exc}")
                 return
-            if not any(batch.remaining.values()):
+            if all(left <= 0 for left in batch.remaining.values()):
                 self._complete(batch)
 
     def _on_failure(self, a: _Actor, generation: int, chunk: _Chunk, exc: BaseException) -> None:
@@ -959,13 +958,18 @@ class RayEngine:
                 return
             why = a.error or f"actor {a.label} died ({_reason(exc)})"
             if generation == a.generation and a.state in ("ready", "replaced", "draining"):
-                a.state, a.error = "dead", why
-                self._note("actor-died", actor=a.label, error=why)
-                for other in list(a.inflight.values()):  # everything it held is lost too
-                    a.inflight.pop(other.task_id, None)
-                    self._retry(other, why)
-                a.outstanding_rows = 0
+                self._declare_dead(a, why)
             self._retry(chunk, why)
+
+    def _declare_dead(self, a: _Actor, why: str) -> None:
+        """`a` is gone (lock held): everything it held is sent again (or failed, if it was
+        already retried once); its late answers no longer count."""
+        a.state, a.error = "dead", why
+        self._note("actor-died", actor=a.label, error=why)
+        for other in list(a.inflight.values()):
+            a.inflight.pop(other.task_id, None)
+            self._retry(other, why)
+        a.outstanding_rows = 0
 
     def _retry(self, chunk: _Chunk, why: str) -> None:
         chunk.attempts += 1
@@ -1050,7 +1054,10 @@ class RayEngine:
                     a.error = (f"actor {a.label} answered nothing for {self.task_timeout_s:g} s "
                                "(hung) and was killed")
                     self._note("actor-hung", actor=a.label)
-                    self._kill(a)  # its chunks fail with RayActorError and are retried
+                    self._kill(a)
+                    # retried now, not when a plain call's RayActorError comes back: a
+                    # chunk sent through the compiled graph has no call of its own to fail
+                    self._declare_dead(a, a.error)
                 elif a.state == "starting" and now - a.started_at > self.start_timeout_s:
                     a.error = f"actor {a.label} not ready after {self.start_timeout_s:g} s"
                     self._kill(a)

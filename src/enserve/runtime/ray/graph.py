@@ -39,27 +39,24 @@ class _Execution:
 
 
 class CompiledPath:
-    """A compiled graph over `handles` (actor key -> Ray actor handle); see the module doc.
+    """A compiled graph over a fixed set of actors; see the module doc.
 
     `signature` identifies the actor set it was built for (the engine rebuilds when it
     changes). `on_answer` gets each actor's answer; `on_broken` gets everything still
     outstanding once the graph fails (an actor died, a read timed out); it is then closed.
     """
 
-    def __init__(self, handles: Mapping[int, Any], signature: tuple[Any, ...],
+    def __init__(self, dag: Any, keys: Sequence[int], signature: tuple[Any, ...],
                  on_answer: Answer, on_broken: Broken, *, max_inflight: int,
                  read_timeout_s: float) -> None:
-        from ray.dag import InputNode, MultiOutputNode
-
+        """`dag`: the compiled graph (`execute` -> one ref per key, in `keys` order);
+        `build` makes one from actor handles."""
         self.signature = signature
-        self.keys = list(handles)
+        self.keys = list(keys)
         self._on_answer = on_answer
         self._on_broken = on_broken
         self._read_timeout_s = read_timeout_s
-        with InputNode() as job:
-            outputs = [handles[k].run_graph.bind(job, k) for k in self.keys]
-        self._dag = MultiOutputNode(outputs).experimental_compile(
-            _max_inflight_executions=max_inflight + 1, _submit_timeout=read_timeout_s)
+        self._dag = dag
         self._max_inflight = max_inflight
         self._lock = threading.Lock()  # execute and reads: Ray's graph is not thread-safe
         self._pending: deque[_Execution] = deque()
@@ -67,9 +64,24 @@ class CompiledPath:
         self.executions = 0
         self.broken: str | None = None
         self._closing = False
+        self._finished = False  # the reader left: nothing appended from now on is ever read
         self._reader = threading.Thread(target=self._read_loop, name="enserve-ray-graph",
                                         daemon=True)
         self._reader.start()
+
+    @classmethod
+    def build(cls, handles: Mapping[int, Any], signature: tuple[Any, ...], on_answer: Answer,
+              on_broken: Broken, *, max_inflight: int, read_timeout_s: float) -> CompiledPath:
+        """Compile a graph over `handles` (actor key -> Ray actor handle)."""
+        from ray.dag import InputNode, MultiOutputNode
+
+        keys = list(handles)
+        with InputNode() as job:
+            outputs = [handles[k].run_graph.bind(job, k) for k in keys]
+        dag = MultiOutputNode(outputs).experimental_compile(
+            _max_inflight_executions=max_inflight + 1, _submit_timeout=read_timeout_s)
+        return cls(dag, keys, signature, on_answer, on_broken, max_inflight=max_inflight,
+                   read_timeout_s=read_timeout_s)
 
     @property
     def usable(self) -> bool:
@@ -92,8 +104,8 @@ class CompiledPath:
             self._break(f"compiled graph execute failed: {type(exc).__name__}: {exc}")
             return False
         with self._changed:
-            if self.broken is not None:  # broke meanwhile: this execution is never read
-                return False
+            if self.broken is not None or self._finished:  # broke or closed meanwhile: this
+                return False  # execution is never read (the caller sends it by plain calls)
             self._pending.append(_Execution(list(refs), dict(sent)))
             self.executions += 1
             self._changed.notify_all()
@@ -121,9 +133,12 @@ class CompiledPath:
                     while not self._pending and not self._closing and self.broken is None:
                         self._changed.wait()
                     if not self._pending or self.broken is not None:
+                        self._finished = True
                         return
                     execution = self._pending[0]
                 if not self._read(execution):
+                    with self._changed:
+                        self._finished = True
                     return
                 with self._changed:
                     self._pending.popleft()
