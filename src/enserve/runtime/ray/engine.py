@@ -191,6 +191,7 @@ class RayEngine:
         self._requests = RequestQueue(max_queue)
         self._slots = threading.BoundedSemaphore(max(1, inflight_batches))
         self._inflight = 0
+        self._last_batch_requests = 0  # requests the last answered batch held
         self._gatherer = Gatherer(self._requests, max_batch, max_delay_s,
                                   busy=lambda: self._inflight > 0)
         self._lock = threading.RLock()
@@ -305,9 +306,12 @@ class RayEngine:
         return future
 
     def _launch_now(self, request: PendingRequest) -> bool:
-        """On an idle engine, launch a lone request from the caller's thread (nothing to
-        batch it with: one thread hop less)."""
-        if self._inflight or self._requests.depth() or self._state != "running":
+        """On an idle engine serving one caller at a time, launch a lone request from the
+        caller's thread (one thread hop less). Not after a batch that answered several
+        callers: their next requests come together and belong in one batch (as in the
+        local engine's dispatcher)."""
+        if (self._inflight or self._last_batch_requests > 1 or self._requests.depth()
+                or self._state != "running"):
             return False
         if not self._slots.acquire(blocking=False):
             return False
@@ -1003,6 +1007,7 @@ class RayEngine:
                     r.future.set_result(result)
                 self._counters.completed += 1
                 self._counters.latencies.append(now - r.submitted)
+            self._last_batch_requests = len(batch.requests)
             self._finish(batch)
 
     def _fail_batch(self, batch: _Batch, message: str) -> None:
