@@ -166,6 +166,7 @@ def test_restart_after_fork_server_death_forks_from_its_spare(tmp_path: Path) ->
     already running (the server's spare, modules imported), not by a new fork server that
     has to import torch and the member code first (seconds)."""
     from enserve.runtime import launch
+    from enserve.runtime.memory import tree_pids
 
     spec = make_spec(tmp_path, ["net_a", "net_b"])
     with Engine(spec, max_batch=4) as engine:
@@ -179,6 +180,9 @@ def test_restart_after_fork_server_death_forks_from_its_spare(tmp_path: Path) ->
         _kill_and_wait_replaced(engine, "net_a")
         parent = psutil.Process(_pid(engine, "net_a")).ppid()
         assert parent in spares, "the restart started a new fork server"
+        # orphaned when the server died, the spare and its workers still count as ours
+        counted = tree_pids()
+        assert parent in counted and _pid(engine, "net_a") in counted
         assert engine.infer_sync(_x(2), timeout=30).probabilities.shape == (2, 5)
     # The spare that took over is no child of this process: later tests' engines (which
     # look for their workers among this process's descendants) get fresh fork servers.

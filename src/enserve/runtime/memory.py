@@ -57,9 +57,31 @@ def pids_memory(pids: Iterable[int]) -> TreeMemory:
     return TreeMemory(count, rss, pss, uss)
 
 
+_ADOPTED: set[int] = set()
+"""Processes of this one's that are no descendants of it: a fork server's spare that took
+over after the server died was the dead server's child, so the kernel re-parented it."""
+
+
+def adopt_root(pid: int) -> None:
+    """Count `pid` and its descendants in this process's tree from now on."""
+    _ADOPTED.add(pid)
+
+
+def forget_root(pid: int) -> None:
+    _ADOPTED.discard(pid)
+
+
 def tree_pids(root: int | None = None) -> list[int]:
-    """`root` (default: this process) and every live descendant."""
-    root = os.getpid() if root is None else root
+    """`root` and every live descendant; for this process (the default), also the adopted
+    roots' trees (`adopt_root`)."""
+    pids = _subtree(os.getpid() if root is None else root)
+    if root is None:
+        for extra in sorted(_ADOPTED):
+            pids += [pid for pid in _subtree(extra) if pid not in pids]
+    return pids
+
+
+def _subtree(root: int) -> list[int]:
     try:
         proc = psutil.Process(root)
         children = proc.children(recursive=True)

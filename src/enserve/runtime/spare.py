@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from enserve.runtime.memory import adopt_root, forget_root
 from enserve.runtime.restarts import pid_alive
 
 log = logging.getLogger("enserve.runtime")
@@ -106,6 +107,8 @@ class SparedForkServer(forkserver.ForkServer):
         if self._adopted is None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._forkserver_pid or -1, os.WNOHANG)
+        else:
+            forget_root(self._adopted.pid)
         if self._forkserver_alive_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._forkserver_alive_fd)
@@ -123,6 +126,7 @@ class SparedForkServer(forkserver.ForkServer):
         self._forkserver_address = spare.address
         self._forkserver_alive_fd = spare.alive_w
         self._forkserver_pid, self._adopted = spare.watch.pid, spare.watch
+        adopt_root(spare.watch.pid)  # orphaned by the server's death: still ours to count
         log.warning("fork server replaced by its spare (pid %d)", spare.watch.pid)
         self.want_spare()
         return True
