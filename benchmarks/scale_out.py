@@ -15,6 +15,9 @@ under `ip netns exec`; needs root) on a local `ray.cluster_utils.Cluster`:
               and how long until the service is whole again
 
 usage: python benchmarks/scale_out.py [PART ...] [--out FILE] [--duration S]
+
+SCALE_OUT_GRAPH=1 sends one-node's and simulated's batches through the compiled graph
+(`RayEngine(compiled_graph=True)`); without it, plain actor calls (the default).
 """
 
 from __future__ import annotations
@@ -184,9 +187,11 @@ def part_one_node(duration: float, spec_dir: str) -> dict[str, Any]:
     try:
         cfg = BenchConfig(concurrency=16, duration_s=duration, warmup_s=max(2.0, duration / 2), rounds=2,
                           baselines=["local-engine"], backend="ray", fusion="off",
-                          max_batch=32)
+                          max_batch=32,
+                          ray_compiled_graph=bool(os.environ.get("SCALE_OUT_GRAPH")))
         report = run_bench(spec, plan, cfg, None, log)
-        return {"spec": spec_dir, "plan": described, "ray": {k: report["enserve"][k] for k in
+        return {"spec": spec_dir, "plan": described,
+                "compiled_graph": cfg.ray_compiled_graph, "ray": {k: report["enserve"][k] for k in
                                    ("throughput", "p50_s", "p95_s", "rounds")},
                 "local": {k: report["baselines"]["local-engine"][k] for k in
                           ("throughput", "p50_s", "p95_s", "rounds")},
