@@ -13,6 +13,8 @@ under `ip netns exec`; needs root) on a local `ray.cluster_utils.Cluster`:
               1 member x 16 GPUs, measured vs the plan's prediction, and 1 -> 2 -> 4 nodes
   node-loss   a node removed under load and returned: requests answered / failed / hung,
               and how long until the service is whole again
+  idle        CPU the engine's processes (driver and actors) use while no request comes,
+              plain actor calls vs the compiled graph (2 tiny members, one node)
 
 usage: python benchmarks/scale_out.py [PART ...] [--out FILE] [--duration S]
 
@@ -40,7 +42,7 @@ from enserve.formats.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ENSERVE_TRUSTED_CODE", "models.py")  # the tiny members' and digits' code
-PARTS = ("overhead", "one-node", "simulated", "node-loss")
+PARTS = ("overhead", "one-node", "simulated", "node-loss", "idle")
 TINY_MODELS = """
 import torch
 from torch import nn
@@ -159,6 +161,41 @@ def part_overhead(requests: int) -> dict[str, Any]:
         out["max_diff_vs_reference"] = diff
         out["ray_actor_call_floor"] = percentiles(floor)
         out["requests_each"] = len(times["ray"])
+        return out
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def part_idle(duration: float) -> dict[str, Any]:
+    """CPU seconds per second of this process and of each actor over `duration` idle
+    seconds, after a few requests: plain actor calls, then the compiled graph."""
+    import psutil
+
+    from enserve.runtime.ray.engine import RayEngine
+    from enserve.runtime.ray.sandbox import NodeSpec, local_cluster
+    from enserve.spec import load_spec
+
+    spec = load_spec(write_tiny(Path(tempfile.mkdtemp()) / "tiny2", ["one", "two"]))
+    plan = cpu_plan(["one", "two"], [""], 8)
+    x = np.random.default_rng(0).standard_normal((1, 3, 2, 2)).astype(np.float32)
+    cluster = local_cluster([NodeSpec("node-0", num_cpus=2)])
+    out: dict[str, Any] = {}
+    try:
+        for name, graph in (("plain_calls", False), ("compiled_graph", True)):
+            with RayEngine(spec, plan, max_batch=8, compiled_graph=graph) as engine:
+                for _ in range(20):
+                    engine.infer_sync(x, timeout=30)
+                procs = [psutil.Process()] + [psutil.Process(i["pid"])
+                                              for i in engine.stats()["instances"]]
+                before = [sum(p.cpu_times()[:2]) for p in procs]
+                time.sleep(duration)
+                used = [sum(p.cpu_times()[:2]) - b for p, b in zip(procs, before, strict=True)]
+                out[name] = {"driver_cpu_per_s": used[0] / duration,
+                             "actors_cpu_per_s": [u / duration for u in used[1:]],
+                             "compiled_graph": engine.stats()["compiled_graph"]}
         return out
     finally:
         import ray
@@ -411,6 +448,8 @@ def inside(args: argparse.Namespace) -> None:
                 result = part_overhead(args.requests)
             elif part == "one-node":
                 result = part_one_node(args.duration, args.spec)
+            elif part == "idle":
+                result = part_idle(args.duration)
             elif part == "simulated":
                 result = part_simulated(args.duration, args.scenarios, args.pyspy)
             else:

@@ -10,12 +10,12 @@ The graph is bound to a fixed set of actors: `RayEngine` builds one whenever the
 ready actors changes, sends every batch through it while it works, and plain calls only
 while there is none (actors starting or lost, a graph that failed): an actor inside a
 graph must not get plain calls too (Ray 2.60 stalled both when we mixed them).
-`execute` is not thread-safe, so submissions run under this object's lock; one reader
-thread, and only it, takes the answers in order and hands each actor's to `on_answer` (a
-done `Future`, as a plain call's answer would be). The reader does not take that lock while
-it waits: the next batch is executed meanwhile, so an actor that finished its part of one
-batch starts on the next instead of waiting for the slowest member of the last (Ray's own
-asyncio mode splits writing and reading between two threads in the same way).
+`execute` and the reads are not thread-safe (Ray says so of `execute`), so both run under
+this object's lock; a reader thread takes the answers in order and hands each actor's to
+`on_answer` (a done `Future`, as a plain call's answer would be). So a batch is executed
+only once the one before it has fully answered: no pipelining. Reading without the lock
+(the next batch executed while the reader waits) was tried: on imagenet6 it stalled to 0
+samples/s within a minute (`docs/status.md`), so the graph stays off by default.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class CompiledPath:
         self._read_timeout_s = read_timeout_s
         self._dag = dag
         self._max_inflight = max_inflight
-        self._lock = threading.Lock()  # execute and teardown (Ray's execute is not thread-safe)
+        self._lock = threading.Lock()  # execute, reads, teardown: Ray's graph is not thread-safe
         self._pending: deque[_Execution] = deque()
         self._changed = threading.Condition()
         self.executions = 0
@@ -155,8 +155,9 @@ class CompiledPath:
         answers: list[Future[Any]] = []
         for ref in execution.refs:
             done: Future[Any] = Future()
-            try:  # without the lock: the next batch may be executed while this one runs
-                done.set_result(ref.get(timeout=self._read_timeout_s))
+            try:
+                with self._lock:
+                    done.set_result(ref.get(timeout=self._read_timeout_s))
             except (rex.RayChannelError, rex.RayChannelTimeoutError, rex.RayActorError) as exc:
                 self._break(f"compiled graph failed: {type(exc).__name__}: {exc}")
                 return False
