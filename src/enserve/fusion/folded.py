@@ -9,17 +9,16 @@ live in the page cache: several instances of the group share them, as for member
 
 Channels-last conv weights are stored physically in NHWC order and viewed back as
 channels-last `OIHW` tensors, so a channels-last group maps them without a copy. Each
-traced member's folded graph is stored too (pickled, tensors on `meta`; only `torch.nn`
-modules once traced), so a load neither runs the architecture code nor traces nor folds:
-a process that loads a fused group from the file never imports torchvision.
+traced member's folded graph is stored too, as JSON data (`graph_json`: allow-listed
+functions, methods and `torch.nn` leaf modules; no pickle), so a load neither runs the
+architecture code nor traces nor folds: a process that loads a fused group from the file
+never imports torchvision. A stored graph the loader refuses is rebuilt from the code.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gc
-import io
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from torch import fx, nn
 from enserve.errors import ModelLoadError
 from enserve.fusion.fold import folded_copy
 from enserve.fusion.folded_key import folded_path
+from enserve.fusion.graph_json import decode_graph, storable_graph
 from enserve.members.loaders import build_torch_module
 from enserve.members.packed import DTYPES, PackedFile, assign_weights, packable, skeleton
 from enserve.spec import EnsembleSpec
@@ -67,38 +67,40 @@ def _stored(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
     return t.permute(0, 2, 3, 1) if nhwc else t
 
 
-def _pickled(gm: fx.GraphModule) -> str:
-    buf = io.BytesIO()
-    torch.save(gm.to("meta"), buf)  # structure only: every tensor on `meta`
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _unpickled(blob: str, where: str) -> nn.Module:
-    try:  # our own cache file, written by `write_folded` (same trust as cached artifacts)
-        module = torch.load(io.BytesIO(base64.b64decode(blob)), weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{where}: stored graph unreadable: {exc}") from None
-    if not isinstance(module, nn.Module):
-        raise ModelLoadError(f"{where}: stored graph is not a module")
-    return module
-
-
-def _layout(spec: EnsembleSpec, members: Sequence[str], channels_last: bool) -> tuple[Layout, dict[str, str]]:
+def _layout(spec: EnsembleSpec, members: Sequence[str],
+            channels_last: bool) -> tuple[Layout, dict[str, object]]:
     """What the file holds, from folding every member's `meta` skeleton (no weights): the
-    tensors, and each traced member's folded graph (pickled, tensors on `meta`)."""
+    tensors, and each traced member's folded graph as JSON data where the allow-lists
+    cover it (`graph_json.storable_graph`)."""
     layout: Layout = {}
-    graphs: dict[str, str] = {}
+    graphs: dict[str, object] = {}
     for name in members:
         folded = _fold(skeleton(spec, spec.member(name)), channels_last)
         for key, t in folded.state_dict().items():
             nhwc = _nhwc(t, channels_last)
             layout[f"{name}/{key}"] = (t.dtype, list(_stored(t, nhwc).shape), nhwc)
-        if isinstance(folded, fx.GraphModule):
-            graphs[name] = _pickled(folded)
+        stored = storable_graph(folded) if isinstance(folded, fx.GraphModule) else None
+        if stored is not None:
+            graphs[name] = stored
+        elif isinstance(folded, fx.GraphModule):
+            log.info("member '%s': folded graph not storable; loads rebuild it from the code", name)
     return layout, graphs
 
 
-def _header(layout: Layout, members: Sequence[str], graphs: dict[str, str]) -> tuple[bytes, dict[str, int]]:
+def _member_graph(spec: EnsembleSpec, name: str, stored: object, where: str,
+                  channels_last: bool) -> nn.Module:
+    """The member's folded graph: the stored one, else (none, or refused) folded from its
+    `meta` skeleton, which runs its architecture code."""
+    if stored is not None:
+        try:  # no architecture code, no tracing: torchvision is not imported
+            return decode_graph(stored, where)
+        except ModelLoadError as exc:
+            log.warning("%s; building it from the member's code", exc)
+    return _fold(skeleton(spec, spec.member(name)), channels_last)
+
+
+def _header(layout: Layout, members: Sequence[str],
+            graphs: dict[str, object]) -> tuple[bytes, dict[str, int]]:
     """The safetensors header and each tensor's data offset: widest dtypes first, no
     gaps, so every tensor is aligned for its dtype."""
     order = sorted(layout, key=lambda k: -torch.empty((), dtype=layout[k][0]).element_size())
@@ -153,14 +155,13 @@ def map_folded(spec: EnsembleSpec, members: Sequence[str], path: Path,
     try:
         nhwc = set(json.loads(packed.metadata.get("enserve", "{}")).get("nhwc", []))
         graphs = json.loads(packed.metadata.get("graphs", "{}"))
-    except ValueError:
+    except (ValueError, TypeError, AttributeError, RecursionError):
         nhwc, graphs = set(), {}
+    if not isinstance(graphs, dict):
+        graphs = {}
     modules: dict[str, nn.Module] = {}
     for name in members:
-        if name in graphs:  # no architecture code, no tracing: torchvision is not imported
-            folded = _unpickled(graphs[name], f"{path.name}: '{name}'")
-        else:
-            folded = _fold(skeleton(spec, spec.member(name)), channels_last)
+        folded = _member_graph(spec, name, graphs.get(name), f"{path.name}: '{name}'", channels_last)
         state = {}
         for key in folded.state_dict():
             full = f"{name}/{key}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from enserve.spec import EnsembleSpec
 from enserve.variants.fingerprint import default_cache_dir, member_fingerprint
 
-FORMAT = 2
+FORMAT = 3  # 3: graphs stored as JSON data (graph_json), no pickle
 
 
 def folded_path(spec: EnsembleSpec, members: Sequence[str], channels_last: bool,
