@@ -130,8 +130,9 @@ class AccuracySpec(BaseModel):
     to `.npy` file, rows along the first axis; `synthetic: N` instead draws N standard
     normal rows per input (seeded; for models with random weights, where only agreement
     means anything). `labels` (`.npy`, integer class per row) enables `max_accuracy_drop`
-    (a fraction: 0.002 = 0.2 percentage points). `quantization_samples` rows (the first
-    ones) calibrate int8 activation ranges.
+    (a fraction: 0.002 = 0.2 percentage points). `quantization_samples` rows (at most
+    half the set, spread over it) calibrate int8 activation ranges; the admission measures
+    on the other rows (`enserve.precision.calibration.split_rows`).
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -11,7 +11,7 @@ import yaml
 
 from enserve.bench.agreement import live_agreement
 from enserve.cli import main
-from enserve.precision.calibration import load_calibration
+from enserve.precision.calibration import held_out, load_calibration
 from enserve.reference import ReferenceExecutor
 from enserve.spec import load_spec
 from enserve.variants.load import load_variant
@@ -110,12 +110,13 @@ def test_bench_reports_live_agreement_with_the_fp32_plan(tmp_path: Path, capsys)
     live = report["enserve"]["live_agreement"]
     # The same figure computed here, in process: b in bf16 against every member fp32.
     spec = load_spec(tmp_path / "ensemble.yaml")
-    rows = {"x": load_calibration(spec).inputs["x"]}
+    held = held_out(spec, load_calibration(spec))  # the rows int8 was not calibrated on
+    rows = {"x": held.inputs["x"]}
     fp32 = ReferenceExecutor(spec).infer(rows).probabilities.argmax(axis=1)
     mixed = ReferenceExecutor(spec, members={"a": load_variant(spec, "a", "eager"),
                                              "b": load_variant(spec, "b", "bf16")})
     expected = float(np.mean(mixed.infer(rows).probabilities.argmax(axis=1) == fp32))
     assert expected < 0.95  # the check can tell bf16 from fp32 on this model
-    assert live["rows"] == 64
-    assert abs(live["top1_agreement"] - expected) <= 3 / 64  # batch shapes may round apart
+    assert live["rows"] == held.rows == 32
+    assert abs(live["top1_agreement"] - expected) <= 3 / 32  # batch shapes may round apart
     assert "top-1 agreement with the fp32 plan" in capsys.readouterr().out

@@ -7,69 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from enserve.errors import PlanError
 from enserve.formats.profile import profile_from_dict
-from enserve.hardware import Hardware, current_hardware, detect_hardware
+from enserve.hardware import current_hardware, detect_hardware
 from enserve.plan import Plan
 from enserve.plan.precision import choose_precision
 from enserve.plan_policy import fit_plan
 from enserve.profiler import profile_spec_dict
-
-MODELS_PY = '''
-import torch
-from torch import nn
-
-
-def benign() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
-    ).eval()
-
-
-def outlier() -> nn.Module:
-    """One hidden feature is ~1e4 and ignored downstream; the signal lives in the others,
-    which a per-tensor int8 scale (~40 per step) rounds to zero. Large output weights make
-    this member decide the ensemble's answer."""
-    torch.manual_seed(1)
-    first, second = nn.Linear(3 * 12 * 12, 16), nn.Linear(16, 5)
-    with torch.no_grad():
-        first.bias[0] = 1e4
-        first.weight[0].zero_()
-        second.weight.mul_(20.0)
-        second.weight[:, 0] = 0.0
-    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), second).eval()
-'''
+from tests.helpers.precision import amx_here, avx2_only, write_spec
 
 FAST: dict[str, Any] = {"batch_sizes": (1,), "shares": [1], "repeats": 2, "warmup": 1,
                         "progress": False, "fusion": "off"}
 INTEL_AMX = ("model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
              "flags\t\t: avx2 fma avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8 amx_tile\n")
-
-
-def write_spec(folder: Path, accuracy: dict[str, Any] | None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "models.py").write_text(MODELS_PY)
-    spec: dict[str, Any] = {
-        "name": "precise",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 12, 12]}],
-        "members": [{"name": "benign", "source": "python:models.py:benign"},
-                    {"name": "outlier", "source": "python:models.py:outlier"}],
-    }
-    if accuracy is not None:
-        spec["accuracy"] = accuracy
-    (folder / "ensemble.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "ensemble.yaml"
-
-
-def amx_here() -> Hardware:
-    """This machine as an AMX one would be fingerprinted, so bf16 gets profiled here."""
-    here = current_hardware()
-    return Hardware(here.arch, here.cpu_model + " (fake AMX)", here.cores,
-                    ("amx_bf16", "amx_int8", "avx2", "avx512_bf16"))
 
 
 @pytest.mark.slow
@@ -84,7 +35,9 @@ def test_int8_and_bf16_admitted_by_the_ensemble_and_the_outlier_int8_refused(
     refused = next(c for c in members["outlier"]["checks"] if c["variant"] == "int8")
     assert not refused["admitted"] and "ensemble-level" in refused["reason"]
     section = data["accuracy"]
-    assert section["rows"] == 128 and section["search"] == "every assignment (9)"
+    # measured on the 96 rows int8 was not calibrated on (32 calibrate it)
+    assert section["rows"] == 96 and section["search"] == "every assignment (9)"
+    assert section["calibration"]["quantization_rows"] == 32
     alone = section["members"]["outlier"]["int8"]["top1_agreement"]
     assert alone < 0.9  # the crafted member really breaks in int8
     entries = {(e["member"], e["variant"]) for e in data["entries"]}
@@ -110,10 +63,8 @@ def test_without_an_accuracy_section_reduced_precision_is_refused(tmp_path: Path
 
 def test_precision_fp32_and_slow_hardware_skip_reduced_variants(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec", {"synthetic": 16})
-    avx2_only = detect_hardware(cpuinfo="model name\t: AMD EPYC\nflags\t\t: avx2 fma\n",
-                                gpus=(), mps=False)
     data, _ = profile_spec_dict(spec, variants=["eager", "bf16"], cache_dir=tmp_path / "c",
-                                hardware=avx2_only, **FAST)
+                                hardware=avx2_only(), **FAST)
     assert all(m["variants"] == ["eager"] for m in data["members"])
     assert any("bf16 not profiled" in n and "AVX-512-BF16" in n for n in data["meta"]["notes"])
     data, _ = profile_spec_dict(spec, variants=None, cache_dir=tmp_path / "c",

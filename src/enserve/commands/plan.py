@@ -125,7 +125,8 @@ def _profile(args: argparse.Namespace, constraints: Any) -> Any:
         algorithm = args.algorithm if args.algorithm in ("greedy", "exact") else "greedy"
         data, _, _ = adaptive_profile_spec(args.spec, progress=not args.json,
                                            algorithm=algorithm, objective=args.objective,
-                                           constraints=constraints, budget_s=args.budget_s)
+                                           constraints=constraints, budget_s=args.budget_s,
+                                           precision=args.precision)
         profile = profile_from_dict(data)
     if args.profile_out is not None:
         save_profile(profile, args.profile_out)
@@ -174,7 +175,7 @@ def describe_precision(info: Any) -> str:
     text = f"precision ({info.get('mode')}): {mix}"
     if info.get("top1_agreement") is not None:
         text += (f"; top-1 agreement with the fp32 ensemble {info['top1_agreement']:.2%} on "
-                 f"{info.get('calibration_rows')} calibration rows")
+                 f"{info.get('calibration_rows')} held-out calibration rows")
     if info.get("accuracy") is not None:
         text += (f"; accuracy {info['accuracy']:.2%} (fp32 {info.get('fp32_accuracy', 0):.2%}, "
                  f"drop {info.get('accuracy_drop', 0) * 100:.2f} pp)")

@@ -48,6 +48,11 @@ def register(sub: Any) -> None:
                         "fx graph, one vectorized forward or one merged ONNX graph) as a "
                         "member named after the group (on: fail if there is none); off: "
                         "members only (default auto)")
+    p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                   help="auto: with an accuracy section in the spec, also profile the "
+                        "reduced-precision variants (bf16, int8, fp16) this machine runs fast, "
+                        "admitted by the ensemble's answers on the held-out calibration rows; "
+                        "fp32: none (default auto)")
     p.add_argument("--adaptive", action="store_true",
                    help="measure a few settings per member, model the rest (latency vs batch "
                         "size and share) and measure more only where the plan's choice is "
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         refresh=args.refresh,
         fusion=args.fusion,
+        precision=args.precision,
     )
     from enserve.formats.profile import profile_from_dict, save_profile
 
@@ -163,7 +169,7 @@ def _run_adaptive(args: argparse.Namespace, batch_sizes: list[int] | None,
         progress=not args.no_progress,
         repeats=min(args.repeats, ADAPTIVE_REPEATS), warmup=min(args.warmup, 1),
         max_seconds=min(args.max_seconds, ADAPTIVE_MAX_SECONDS), refresh=args.refresh,
-        budget_s=args.budget_s)
+        budget_s=args.budget_s, precision=args.precision)
     save_profile(profile_from_dict(data), args.out)
     print_summary(data)
     print(f"{result.measured} settings measured, {result.modelled} modelled, "

@@ -1,4 +1,9 @@
-"""The spec's calibration set: inputs per request tensor (rows along axis 0), labels."""
+"""The spec's calibration set: inputs per request tensor (rows along axis 0), labels.
+
+The set is split in two disjoint parts (`split_rows`): the int8 quantizer calibrates on
+one (`quantization_set`), the ensemble-level admission measures on the other
+(`held_out`), so agreement and accuracy are never measured on rows the quantizer saw.
+"""
 
 from __future__ import annotations
 
@@ -105,11 +110,65 @@ def load_calibration(spec: EnsembleSpec) -> Calibration:
     return Calibration(inputs, labels, digest.hexdigest()[:24], source)
 
 
+SPLIT_RULE = "spread-v1"  # keys the cached artifacts and logits of each part
+
+
+@dataclass(frozen=True)
+class Split:
+    """The calibration set split in two disjoint parts (row indices, ascending)."""
+
+    quantization: np.ndarray  # rows the int8 quantizer calibrates activation ranges on
+    held_out: np.ndarray  # rows the accuracy admission measures agreement / accuracy on
+
+    @property
+    def tag(self) -> str:
+        return f"{SPLIT_RULE}:{len(self.quantization)}/{len(self.quantization) + len(self.held_out)}"
+
+
+def split_rows(total: int, quantization_samples: int) -> Split:
+    """q = min(`quantization_samples`, total // 2) rows spread evenly over the set (row
+    (i * total) // q for i < q, so a file sorted by class still gives the quantizer every
+    part of it) calibrate int8; the other rows are held out for admission."""
+    if total < 2:
+        raise SpecError(f"accuracy.calibration: {total} row(s); at least 2 are needed (one "
+                        "to calibrate int8 on, one held out to admit it)")
+    q = max(1, min(quantization_samples, total // 2))
+    chosen = np.unique((np.arange(q) * total) // q)
+    rest = np.setdiff1d(np.arange(total), chosen, assume_unique=True)
+    return Split(chosen, rest)
+
+
+def calibration_split(spec: EnsembleSpec, calibration: Calibration) -> Split:
+    count = spec.accuracy.quantization_samples if spec.accuracy else 64
+    return split_rows(calibration.rows, count)
+
+
+def _subset(calibration: Calibration, rows: np.ndarray, part: str, tag: str) -> Calibration:
+    digest = hashlib.sha256(f"{calibration.digest}:{part}:{tag}".encode()).hexdigest()[:24]
+    return Calibration({k: v[rows] for k, v in calibration.inputs.items()},
+                       calibration.labels[rows] if calibration.labels is not None else None,
+                       digest, f"{calibration.source}, {part} rows ({tag})")
+
+
+def held_out(spec: EnsembleSpec, calibration: Calibration) -> Calibration:
+    """The rows the admission measures on (never those int8 was calibrated on); its
+    digest covers the split."""
+    split = calibration_split(spec, calibration)
+    return _subset(calibration, split.held_out, "held-out", split.tag)
+
+
+def quantization_set(spec: EnsembleSpec, calibration: Calibration) -> Calibration:
+    """The rows int8 activation ranges are calibrated on; its digest covers the split (it
+    keys the quantized model)."""
+    split = calibration_split(spec, calibration)
+    return _subset(calibration, split.quantization, "quantization", split.tag)
+
+
 def quantization_rows(spec: EnsembleSpec, member: MemberSpec, calibration: Calibration
                       ) -> np.ndarray:
-    """The first `accuracy.quantization_samples` rows of the member's input."""
-    count = spec.accuracy.quantization_samples if spec.accuracy else 64
-    return calibration.for_member(spec, member)[:count]
+    """The member's input on the quantization rows (`split_rows`)."""
+    return quantization_set(spec, calibration).for_member(spec, member)
 
 
-__all__ = ["Calibration", "load_calibration", "quantization_rows"]
+__all__ = ["Calibration", "Split", "calibration_split", "held_out", "load_calibration",
+           "quantization_rows", "quantization_set", "split_rows"]

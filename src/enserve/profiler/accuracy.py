@@ -1,9 +1,11 @@
 """The profiler's accuracy step: member logits on the calibration set, then admission.
 
 Each member runs once as its reference (fp32, loaded the default way) and once per
-reduced-precision variant that passed its own check, in a child process using every
-core; the logits are cached as `.npy` (keyed by member fingerprint, variant, calibration
-digest and hardware fingerprint: int8 and bf16 kernels differ between ISAs). The
+reduced-precision variant that passed its own check, over the held-out rows of the
+calibration set (those int8 was not calibrated on: `enserve.precision.calibration`), in a
+child process using every core; the logits are cached as `.npy` (keyed by member
+fingerprint, variant, held-out rows' digest and hardware fingerprint: int8 and bf16
+kernels differ between ISAs). The
 ensemble-level verdict (`enserve.precision.admission.assess`) becomes the profile's
 `accuracy` section.
 """
@@ -26,15 +28,16 @@ BATCH = 32
 
 def calibrate_in_child(spec_path: str, member: str, variant: str, out: str, threads: int,
                        cache_dir: str) -> None:
-    """Run `member` as `variant` (or its reference) over the calibration set; save logits."""
+    """Run `member` as `variant` (or its reference) over the held-out calibration rows;
+    save the logits."""
     from enserve.members import load_member
-    from enserve.precision.calibration import load_calibration
+    from enserve.precision.calibration import held_out, load_calibration
     from enserve.variants.fingerprint import atomic_write_target
     from enserve.variants.load import load_variant
 
     spec = load_spec(spec_path)
     member_spec = spec.member(member)
-    calibration = load_calibration(spec)
+    calibration = held_out(spec, load_calibration(spec))
     runner = (load_member(spec, member_spec, threads=threads) if variant == REFERENCE
               else load_variant(spec, member, variant, threads=threads,
                                 cache_dir=Path(cache_dir)))
@@ -58,10 +61,12 @@ def assess_precisions(
     `logits_for(member, variant)` returns cached or freshly computed calibration logits
     (`REFERENCE` for fp32), or None when they could not be computed (that variant is then
     left out, and a member without a reference keeps every variant out)."""
-    from enserve.precision.calibration import load_calibration
+    from enserve.precision.calibration import calibration_split, held_out, load_calibration
 
     assert spec.accuracy is not None
-    calibration = load_calibration(spec)
+    full = load_calibration(spec)
+    split = calibration_split(spec, full)
+    calibration = held_out(spec, full)
     names = [m.name for m in spec.members]
     reference: dict[str, np.ndarray] = {}
     variants: dict[str, dict[str, np.ndarray]] = {}
@@ -80,7 +85,10 @@ def assess_precisions(
     tolerance = Tolerance(spec.accuracy.min_top1_agreement, spec.accuracy.max_accuracy_drop)
     section = assess(names, spec.combiner, spec.member_weights(), reference, variants,
                      tolerance, calibration.labels)
-    section["calibration"] = {"source": calibration.source, "digest": calibration.digest,
+    section["calibration"] = {"source": full.source, "digest": full.digest,
+                              "rows": full.rows, "split": split.tag,
+                              "quantization_rows": len(split.quantization),
+                              "held_out_rows": len(split.held_out),
                               "quantization_samples": spec.accuracy.quantization_samples}
     if failed:
         section["failed"] = failed

@@ -4,6 +4,13 @@ Admission checks and measurements are the full profiler's (`enserve.profiler.run
 same child processes, cache and entry format; only which settings get measured differs
 (`enserve.profiler.adaptive`). Fused groups are not profiled here (use `enserve profile
 --fusion` for them).
+
+Reduced precision (`precision` "auto", a spec with an accuracy section): the reduced
+variants this machine runs fast are added as the full profiler adds them, deferred (unless
+their check and screening point are cached): whenever a call admits some, the ensemble-level
+accuracy step runs over every reduced variant checked so far (cached logits cost nothing)
+and only those an admitted mix uses are screened. With an accuracy section in the profile
+the loop plans with `choose_precision` (admitted mixes only).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from enserve.devices import Device
 from enserve.errors import ProfileError
 from enserve.formats.plan import Plan
 from enserve.formats.profile import Profile
-from enserve.hardware import current_hardware
+from enserve.hardware import Hardware, current_hardware
 from enserve.plan import Constraints, plan
+from enserve.plan.precision import PRECISION_MODES, accuracy_section, choose_precision
+from enserve.profiler import accuracy as precision_step
 from enserve.profiler.adaptive import AdaptiveProfiler, AdaptiveResult, Grid, Setting
 from enserve.profiler.cache import ResultCache, cpu_model
 from enserve.profiler.child import load_average
@@ -32,7 +41,7 @@ from enserve.profiler.settings import (
 )
 from enserve.spec import load_spec
 from enserve.variants.fingerprint import default_cache_dir, library_versions, member_fingerprint
-from enserve.variants.names import default_variant
+from enserve.variants.names import REDUCED_PRECISION, default_variant
 
 DEFAULT_BUDGET_S = 60.0
 # Every exact variant but `export` (slow to build, never faster than the others here).
@@ -68,7 +77,9 @@ class AdaptiveSession:
     """The adaptive profiler on this machine, kept so that refinement can go on after the
     first plan (`enserve.profiler.background`). `first_plan()` admits and screens the
     first variants, then refines within the budget (counted from the start, admission
-    checks included); `admit_deferred()` admits the variants put off."""
+    checks included); `extend()` admits the variants put off. `precision` "auto" adds the
+    reduced-precision variants `hardware` (default: this machine's) runs fast when the
+    spec has an accuracy section, "fp32" none."""
 
     def __init__(self, spec_path: str | Path, devices: Sequence[Device | str] | None = None,
                  batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
@@ -79,7 +90,12 @@ class AdaptiveSession:
                  warmup: int = ADAPTIVE_WARMUP, max_seconds: float = ADAPTIVE_MAX_SECONDS,
                  refresh: bool = False, algorithm: str = "greedy",
                  objective: str = "throughput", constraints: Constraints | None = None,
-                 budget_s: float | None = DEFAULT_BUDGET_S, margin: float = 0.1) -> None:
+                 budget_s: float | None = DEFAULT_BUDGET_S, margin: float = 0.1,
+                 precision: str = "auto", hardware: Hardware | None = None) -> None:
+        if precision not in PRECISION_MODES:
+            raise ProfileError(f"--precision: '{precision}' is not one of "
+                               f"{', '.join(PRECISION_MODES)}")
+        self.precision = precision
         self.variants = list(variants) if variants is not None else list(ADAPTIVE_VARIANTS)
         check_arguments(self.variants, batch_sizes, repeats, warmup)
         self.started = time.monotonic()
@@ -92,7 +108,7 @@ class AdaptiveSession:
         self.notes: list[str] = []
         self.stats = RunStats()
         self.shares = {d.id: shares_for(d, shares, self.notes) for d in self.devices}
-        self.hardware = current_hardware()  # keys the cache; stored in the profile
+        self.hardware = hardware or current_hardware()  # keys the cache; in the profile
         self.runner = _RunPlan(self.spec, spec_file, self.cache,
                                sorted({int(b) for b in batch_sizes}), repeats, warmup,
                                max_seconds, self.stats, self.notes, refresh, self.hardware)
@@ -100,7 +116,13 @@ class AdaptiveSession:
         self.budget_s, self.margin, self.refresh = budget_s, margin, refresh
         wanted = {m.name: variants_for(m, self.variants) or [default_variant(m)]
                   for m in self.spec.members}
-        first = set(first_variants) if first_variants is not None else set(self.variants)
+        precision_step.choose_reduced_variants(self.spec, wanted, variants, precision,
+                                               self.hardware, [d.id for d in self.devices],
+                                               self.notes)
+        self.accuracy: dict[str, Any] | None = None  # the ensemble-level verdict so far
+        self.wanted = wanted
+        first = (set(first_variants) if first_variants is not None
+                 else {v for vs in wanted.values() for v in vs})
         gpu = any(d.kind != "cpu" for d in self.devices)
         self.first_variants = {m.name: [v for v in wanted[m.name]
                                         if v in first or self._known(m.name, v)
@@ -128,18 +150,31 @@ class AdaptiveSession:
         return max(0.0, self.budget_s - (time.monotonic() - self.started))
 
     def _admit(self, member_variants: Mapping[str, list[str]], bar: Any) -> dict[str, list[str]]:
-        checks = self.runner.run_checks(member_variants, bar)
-        self.checks.update(checks)
-        return {m: [v for v in vs if checks[(m, v)]["admitted"]]
+        """Run the checks; reduced variants also need the ensemble's verdict (`_assess`)."""
+        self.checks.update(self.runner.run_checks(member_variants, bar))
+        if any(v in REDUCED_PRECISION for vs in member_variants.values() for v in vs):
+            self._assess(bar)
+        return {m: [v for v in vs if self.checks[(m, v)]["admitted"]]
                 for m, vs in member_variants.items()}
 
+    def _assess(self, bar: Any) -> None:
+        """The ensemble-level accuracy step over every reduced variant checked so far (their
+        calibration logits are cached, so only the new ones cost a run)."""
+        reduced: dict[str, list[str]] = {m.name: [] for m in self.spec.members}
+        for (m, v), check in self.checks.items():
+            if v in REDUCED_PRECISION and check["admitted"]:
+                reduced[m].append(v)
+        section = self.runner.run_accuracy(reduced, self.checks, bar)
+        self.accuracy = section or self.accuracy
+
     def skeleton(self) -> dict[str, Any]:
-        every = {m.name: [*self.first_variants[m.name], *self.deferred[m.name]]
-                 for m in self.spec.members}
-        every = {m: [v for v in vs if (m, v) in self.checks] for m, vs in every.items()}
+        # every variant asked for that was checked (deferred ones leave `deferred` when
+        # they are admitted)
+        every = {m: [v for v in vs if (m, v) in self.checks] for m, vs in self.wanted.items()}
         admitted = {m: [v for v in vs if self.checks[(m, v)]["admitted"]]
                     for m, vs in every.items()}
-        return _skeleton(self.spec, self.devices, every, admitted, self.checks)
+        out = _skeleton(self.spec, self.devices, every, admitted, self.checks)
+        return {**out, "accuracy": self.accuracy} if self.accuracy is not None else out
 
     def first_plan(self, progress: bool = True,
                    on_plan: Callable[[Plan], None] | None = None) -> AdaptiveResult:
@@ -147,7 +182,8 @@ class AdaptiveSession:
         with _progress(progress) as bar:
             task = bar.add_task("admission checks", total=None)
             admitted = self._admit(self.first_variants, bar)
-            fallback = {m.name: [_default_of(m, self.deferred[m.name])] for m in self.spec.members
+            fallback = {m.name: [_default_of(m, _exact(self.deferred[m.name]))]
+                        for m in self.spec.members
                         if not admitted[m.name] and self.deferred[m.name]}
             if fallback:  # the first variants failed their check: the default, now
                 for m, vs in fallback.items():
@@ -249,6 +285,11 @@ class AdaptiveSession:
             self.runner.refresh = refresh
 
     def planner(self, profile: Profile) -> Plan:
+        """The plan of `profile`; over the admitted precision mixes when it has an accuracy
+        section (`choose_precision`, as `enserve plan` decides afterwards)."""
+        if self.precision == "auto" and accuracy_section(profile) is not None:
+            return choose_precision(profile, "auto", "off", self.algorithm, self.objective,
+                                    self.constraints).plan
         return plan(profile, self.algorithm, self.objective, self.constraints)
 
     def data(self, result: AdaptiveResult) -> dict[str, Any]:
@@ -264,6 +305,7 @@ class AdaptiveSession:
             "adaptive": {**result.summary(), "grid_settings": self.profiler.grid.size(),
                          "wall_s": round(time.monotonic() - self.started, 3),
                          "budget_s": self.budget_s, "margin": self.margin,
+                         "precision": self.precision,
                          "deferred_variants": {m: vs for m, vs in self.deferred.items()
                                                if vs}},
             "load_average_1min": load_average(),
@@ -290,6 +332,9 @@ def adaptive_profile_spec(
     budget_s: float | None = DEFAULT_BUDGET_S,
     margin: float = 0.1,
     first_variants: Sequence[str] | None = FIRST_VARIANTS,
+    *,
+    precision: str = "auto",
+    hardware: Hardware | None = None,
 ) -> tuple[dict[str, Any], AdaptiveResult, RunStats]:
     """Profile `spec_path` adaptively; returns (profile dict, result, run statistics).
 
@@ -297,13 +342,22 @@ def adaptive_profile_spec(
     are admitted and screened after the first plan while `budget_s` (from the start,
     admission checks included) lasts. The plan in the result is the one the refinement
     converged to (or the last, when the budget ran out); the profile holds measured
-    entries and `"modelled": true` ones.
+    entries and `"modelled": true` ones. `precision` "auto" adds the reduced-precision
+    variants `hardware` runs fast when the spec has an accuracy section (deferred like the
+    other variants, admitted by the ensemble's answers on the held-out calibration rows;
+    the profile then carries `accuracy`); "fp32" adds none.
     """
     session = AdaptiveSession(spec_path, devices, batch_sizes, shares, variants,
                               first_variants, cache_dir, repeats, warmup, max_seconds,
-                              refresh, algorithm, objective, constraints, budget_s, margin)
+                              refresh, algorithm, objective, constraints, budget_s, margin,
+                              precision=precision, hardware=hardware)
     result = session.first_plan(progress)
     return session.data(result), result, session.stats
+
+
+def _exact(names: Sequence[str]) -> list[str]:
+    """`names` without the reduced-precision ones (all of them if nothing else is left)."""
+    return [v for v in names if v not in REDUCED_PRECISION] or list(names)
 
 
 def _default_of(member: Any, names: Sequence[str]) -> str:

@@ -194,18 +194,19 @@ def _gain(new: float, old: float, objective: str) -> float:
 def refined_first_plan(spec_path: Any, *, budget_s: float = 60.0, cache_dir: Any = None,
                        algorithm: str = "greedy", objective: str = "throughput",
                        progress: bool = True, min_gain: float = 0.05,
-                       say: Callable[[str], None] | None = None
+                       say: Callable[[str], None] | None = None, precision: str = "auto"
                        ) -> tuple[Plan, BackgroundRefiner]:
     """A first plan from an adaptive profile of `spec_path` (within `budget_s`), and a
     refiner (not started) that goes on measuring at low priority, saving the refined
-    profile under the cache (`profile/refined/<ensemble>-<hardware>.json`)."""
+    profile under the cache (`profile/refined/<ensemble>-<hardware>.json`). `precision`
+    "auto" lets the refiner admit reduced-precision variants (deferred ones included)."""
     from pathlib import Path
 
     from enserve.formats.profile import save_profile
     from enserve.profiler.adaptive_run import BACKGROUND_NICE, AdaptiveSession
 
     session = AdaptiveSession(spec_path, cache_dir=cache_dir, algorithm=algorithm,
-                              objective=objective, budget_s=budget_s)
+                              objective=objective, budget_s=budget_s, precision=precision)
     result = session.first_plan(progress=progress)
     assert result.plan is not None and session.profiler is not None
     session.runner.nice = BACKGROUND_NICE

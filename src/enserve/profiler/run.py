@@ -314,9 +314,9 @@ class _RunPlan:
                    for m, names in member_variants.items() if parse_group_name(m) is None}
         if not any(reduced.values()):
             return None
-        from enserve.precision.calibration import load_calibration
+        from enserve.precision.calibration import held_out, load_calibration
 
-        digest = load_calibration(self.spec).digest
+        digest = held_out(self.spec, load_calibration(self.spec)).digest  # rows measured on
         todo = [(m.name, precision_step.REFERENCE) for m in self.spec.members]
         todo += [(m, v) for m, names in reduced.items() for v in names]
         task_id = bar.add_task("calibration set", total=len(todo))

@@ -1,10 +1,12 @@
 """int8: ONNX Runtime static quantization (QDQ, per-channel weights, u8 activations).
 
-Activation ranges are calibrated (min-max) on the first `accuracy.quantization_samples`
-rows of the spec's calibration set, passed through the member's preprocessing. Without
+Activation ranges are calibrated (min-max) on the quantization part of the spec's
+calibration set (`accuracy.quantization_samples` rows spread over it; the admission
+measures on the other rows: `enserve.precision.calibration.split_rows`), passed through
+the member's preprocessing. Without
 VNNI/AMX the weights use 7 bits (`reduce_range`), which ONNX Runtime recommends against
 u8s8 saturation on AVX2/AVX-512 without VNNI. The quantized model is cached by member
-fingerprint, calibration digest and that setting.
+fingerprint, the quantization rows' digest (data and split) and that setting.
 """
 
 from __future__ import annotations
@@ -83,14 +85,15 @@ def quantize_onnx(fp32_model: Path, rows: np.ndarray, out: Path, reduce_range: b
 
 
 def prepared_calibration(spec: EnsembleSpec, member: MemberSpec) -> tuple[np.ndarray, str]:
-    """(prepared quantization rows, calibration digest); ModelLoadError without a set."""
+    """(prepared quantization rows, their digest: data and split); ModelLoadError without
+    a set."""
     from enserve.errors import SpecError
-    from enserve.precision.calibration import load_calibration, quantization_rows
+    from enserve.precision.calibration import load_calibration, quantization_set
 
     try:
-        calibration = load_calibration(spec)
+        subset = quantization_set(spec, load_calibration(spec))
     except SpecError as exc:
         raise ModelLoadError(f"member '{member.name}': int8 needs calibration inputs: "
                              f"{exc}") from None
-    rows = Preprocessor(member.preprocess)(quantization_rows(spec, member, calibration))
-    return np.asarray(rows, dtype=np.float32), calibration.digest
+    rows = Preprocessor(member.preprocess)(subset.for_member(spec, member))
+    return np.asarray(rows, dtype=np.float32), subset.digest
