@@ -98,3 +98,22 @@ def test_a_set_too_small_to_split_is_refused_for_int8(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, {"synthetic": 1}))
     with pytest.raises(ModelLoadError, match="at least 2"):
         prepared_calibration(spec, spec.member("a"))
+
+
+def test_cached_int8_checks_and_entries_follow_the_quantization_rows(tmp_path: Path) -> None:
+    from enserve.profiler.cache import ResultCache
+    from enserve.profiler.run import RunStats, _RunPlan
+    from enserve.profiler.settings import select_devices
+
+    cpu = select_devices(["cpu"])[0]
+    keys = {}
+    for samples in (8, 16):
+        path = write_spec(tmp_path / str(samples), {"synthetic": 40,
+                                                    "quantization_samples": samples})
+        runner = _RunPlan(load_spec(path), str(path), ResultCache(tmp_path / "cache"), [1], 1,
+                          0, 1.0, RunStats(), [])
+        keys[samples] = {v: (runner._check_key("a", v), runner._entry_key("a", v, cpu, 1.0, 1))
+                         for v in ("eager", "int8")}
+    assert keys[8]["eager"] == keys[16]["eager"]
+    assert keys[8]["int8"][0] != keys[16]["int8"][0]
+    assert keys[8]["int8"][1] != keys[16]["int8"][1]

@@ -5,6 +5,8 @@ check on the held-out rows, then screened like any other; `--precision fp32` add
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -40,6 +42,28 @@ def test_auto_defers_the_variants_the_fingerprint_enables_and_fp32_adds_none(
     assert reduced_in(bare) == {"first": set(), "deferred": set()}
     with pytest.raises(ProfileError, match="--precision"):
         AdaptiveSession(spec, precision="int4", **kwargs)
+
+
+def test_extend_admits_the_reduced_variants_of_every_member_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_spec(tmp_path / "spec", {"synthetic": 32})
+    session = AdaptiveSession(spec, variants=["eager", "channels_last"], shares=[1],
+                              first_variants=["eager"], cache_dir=tmp_path / "cache",
+                              hardware=avx2_only())
+    calls: list[dict[str, list[str]]] = []
+
+    def admit(member_variants: dict[str, list[str]], bar: Any) -> dict[str, list[str]]:
+        calls.append(dict(member_variants))
+        return {m: [] for m in member_variants}
+
+    monkeypatch.setattr(session, "_admit", admit)
+    monkeypatch.setattr(session, "skeleton", dict)
+    session.profiler = SimpleNamespace(over_budget=lambda: False,  # type: ignore[assignment]
+                                       add_variants=lambda variants: [])
+    session.extend()
+    assert calls == [{"benign": ["int8"]}, {"outlier": ["int8"]},
+                     {"benign": ["channels_last"]}, {"outlier": ["channels_last"]}]
+    assert not any(session.deferred.values())
 
 
 @pytest.mark.slow

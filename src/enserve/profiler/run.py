@@ -228,6 +228,23 @@ class _RunPlan:
     refresh: bool = False
     hardware: Hardware | None = None
     nice: int = 0  # children's added niceness (background refinement)
+    _int8_key: str | None = field(default=None, init=False, repr=False)
+
+    def _variant_key(self, variant: str) -> str:
+        """`variant` as it keys cached checks and entries: int8 with the digest of the rows
+        it is calibrated on (another calibration subset is another model)."""
+        if variant != "int8" or self.spec.accuracy is None:
+            return variant
+        if self._int8_key is None:
+            from enserve.errors import SpecError
+            from enserve.precision.calibration import load_calibration, quantization_set
+
+            try:
+                digest = quantization_set(self.spec, load_calibration(self.spec)).digest
+                self._int8_key = f"int8@{digest}"
+            except SpecError:  # the check reports it
+                self._int8_key = variant
+        return self._int8_key
 
     def _fingerprint(self, member: str) -> str:
         """A member's fingerprint, or a fused group's (kind + its members')."""
@@ -239,7 +256,8 @@ class _RunPlan:
 
     def _check_key(self, member: str, variant: str) -> str:
         return self.cache.key(kind="check", fp=self._fingerprint(member),
-                              variant=variant, opt_in=variant in REDUCED_PRECISION)
+                              variant=self._variant_key(variant),
+                              opt_in=variant in REDUCED_PRECISION)
 
     def run_checks(self, member_variants: Mapping[str, list[str]],
                    bar: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -354,7 +372,8 @@ class _RunPlan:
     def _entry_key(self, member: str, variant: str, device: Device, share: float,
                    batch: int) -> str:
         return self.cache.key(kind="entry", fp=self._fingerprint(member),
-                              device=device_identity(device), variant=variant, share=share,
+                              device=device_identity(device),
+                              variant=self._variant_key(variant), share=share,
                               batch=batch, repeats=self.repeats, warmup=self.warmup,
                               hardware=self.hardware.id if self.hardware else None)
 
