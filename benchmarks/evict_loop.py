@@ -7,7 +7,7 @@ first (its engine's workers stop). A separate process times `GET /v2/health/read
 ensembles. A slow health check during the swaps means the event loop was blocked (loading
 and closing engines must run off it).
 
-    .venv/bin/python benchmarks/evict_loop.py [--swaps 10] [--budget-mb 600] [--backend engine]
+    .venv/bin/python benchmarks/evict_loop.py [--swaps 10] [--budget-mb 250] [--backend engine]
 
 Prints one JSON line: the probe's p50 / p99 / max in both phases, the swaps and evictions
 counted by the server, the time of each swap request.
@@ -70,7 +70,7 @@ def _metric(text: str, name: str) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--swaps", type=int, default=10)
-    p.add_argument("--budget-mb", type=float, default=600.0,
+    p.add_argument("--budget-mb", type=float, default=250.0,
                    help="memory budget: must fit one of the two ensembles, not both")
     p.add_argument("--backend", default="engine")
     p.add_argument("--quiet-s", type=float, default=5.0)
@@ -92,7 +92,9 @@ def main() -> int:
             time.sleep(0.1)
         with httpx.Client(timeout=300) as client:
             base = f"http://{server.http_url}/v2/models"
-            assert client.post(f"{base}/digits/infer", content=_body("digits")).status_code == 200
+            first = client.post(f"{base}/digits/infer", content=_body("digits"))
+            if first.status_code != 200:
+                raise RuntimeError(f"first request: {first.status_code} {first.text[:500]}")
             probe.start()
             time.sleep(args.quiet_s)
             swap_start = time.monotonic()
@@ -115,7 +117,10 @@ def main() -> int:
            "backend": args.backend, "budget_mb": args.budget_mb,
            "quiet": _percentiles(quiet), "during_swaps": _percentiles(during),
            "swaps": swaps,
-           "evictions": _metric(metrics, "enserve_swap_evictions")}
+           "loads": _metric(metrics, "enserve_swap_loads"),
+           "evictions": _metric(metrics, "enserve_swap_evictions"),
+           "swap_metrics": [line for line in metrics.splitlines()
+                            if line.startswith("enserve_swap") and "bytes" in line]}
     print(json.dumps(out))
     return 0 if all(s["status"] == 200 for s in swaps) else 1
 

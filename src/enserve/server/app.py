@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -241,4 +242,10 @@ class EnserveServer:
 
 
 def run(config: ServerConfig) -> None:
+    """Serve in this process until stopped (the CLI's server: it owns the process)."""
+    # Everything imported by now lives as long as the process: out of the cyclic
+    # collector's full passes, which hold the GIL, so the event loop of this process. An
+    # eviction's `gc.collect()` scanned ~70k import-time objects (~70 ms of blocked loop,
+    # `benchmarks/evict_loop.py`); after the freeze it scans only what came later.
+    gc.freeze()
     asyncio.run(EnserveServer(config).serve())
