@@ -171,3 +171,12 @@ def test_a_refused_graph_in_the_file_falls_back_to_the_code(tmp_path: Path, monk
 def test_no_pickle_loading_left_in_src() -> None:
     hits = [str(p) for p in SRC.rglob("*.py") if "weights_only=False" in p.read_text()]
     assert hits == []
+
+
+def test_stored_modules_are_built_on_meta_whatever_their_size() -> None:
+    data = _stored_small_cnn()
+    conv = data["modules"][_first(data, "call_module")["target"]]
+    conv["args"].update(in_channels=1 << 20, out_channels=1 << 20)  # tebibytes of float32
+    conv["dtype"] = None
+    again = decode_graph(data, "huge")  # nothing allocated: the file's tensors won't fit it
+    assert all(t.is_meta for t in again.state_dict().values())

@@ -56,6 +56,10 @@ LEAVES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d, ("output_size", "return_indices")),
 }
 
+# the classes above that hold tensors (all take `device=` and `dtype=`); the others hold none
+WITH_TENSORS = frozenset({"Conv1d", "Conv2d", "Conv3d", "Linear", "BatchNorm1d", "BatchNorm2d",
+                          "BatchNorm3d", "LayerNorm", "GroupNorm"})
+
 
 def _named(prefix: str, functions: tuple[Callable[..., Any], ...]) -> dict[str, Callable[..., Any]]:
     return {f"{prefix}.{f.__name__}": f for f in functions}

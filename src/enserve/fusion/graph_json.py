@@ -32,6 +32,7 @@ from enserve.fusion.graph_allow import (
     LEAVES,
     MEMORY_FORMATS,
     METHODS,
+    WITH_TENSORS,
 )
 
 FORMAT = 1
@@ -193,11 +194,11 @@ def _dec_module(info: Any) -> nn.Module:
     cls, allowed = LEAVES[kind]
     if not set(args) <= set(allowed):
         raise ValueError(f"{kind}: arguments {sorted(set(args) - set(allowed))} are not allowed")
-    with torch.device("meta"):
-        module = cls(**{k: _dec(v, None) for k, v in args.items()})
-    if info.get("dtype") is not None:
-        module.to(_dtype(info["dtype"]))
-    return module
+    kwargs = {k: _dec(v, None) for k, v in args.items()}
+    if kind in WITH_TENSORS:  # built on `meta` by its own factory arguments (no device mode)
+        dtype = info.get("dtype")
+        return cls(**kwargs, device="meta", dtype=None if dtype is None else _dtype(dtype))
+    return cls(**kwargs)
 
 
 def _dec_tensor(info: Any) -> torch.Tensor:
