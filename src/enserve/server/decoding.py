@@ -64,6 +64,13 @@ class HeapTrimmer:
             future.add_done_callback(self._pending.discard)
 
 
+def _boxed(decode: Callable[..., T], *args: Any) -> list[T]:
+    """`[decode(*args)]`: the caller pops the result, so the thread's futures (kept by the
+    event loop's callback until the request's task step ends) do not keep the decoded
+    arrays alive after the request let go of them and the body budget released them."""
+    return [decode(*args)]
+
+
 class Decoder:
     def __init__(self, big_at_once: int = 1) -> None:
         self._big = asyncio.Semaphore(max(1, big_at_once))
@@ -81,12 +88,12 @@ class Decoder:
         if size <= THREAD_BYTES:
             return decode(*args)
         if size <= BIG_BYTES:
-            return await asyncio.to_thread(decode, *args)
+            return (await asyncio.to_thread(_boxed, decode, *args)).pop()
         async with self._big:
             usual = sys.getswitchinterval()
             sys.setswitchinterval(min(usual, BIG_SWITCH_S))
             try:
-                return await asyncio.to_thread(decode, *args)
+                return (await asyncio.to_thread(_boxed, decode, *args)).pop()
             finally:
                 sys.setswitchinterval(usual)
 

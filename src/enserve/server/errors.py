@@ -19,6 +19,7 @@ Error messages never carry an absolute filesystem path (`public_message`).
 from __future__ import annotations
 
 import re
+import traceback
 from enum import Enum
 
 from enserve.errors import (
@@ -102,3 +103,16 @@ def as_server_error(exc: BaseException) -> ServerError:
         if isinstance(exc, kind):
             return ServerError(str(exc), code)
     return ServerError(f"internal error: {type(exc).__name__}: {exc}", Code.INTERNAL)
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Drop the locals of the finished frames `exc` (and the exceptions it was raised from
+    or during) went through: a request body and the arrays decoded from it are freed now,
+    not when the cyclic GC finds the exception's traceback. Frames still running (the
+    caller's and those above it) are left alone."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__

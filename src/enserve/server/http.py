@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import traceback
 import zlib
 from typing import Any
 
@@ -17,7 +16,7 @@ from enserve.server import openapi
 from enserve.server.codec import HEADER_LENGTH, encode_infer_response
 from enserve.server.dataplane import DataPlane
 from enserve.server.decoding import BIG_BYTES, THREAD_BYTES
-from enserve.server.errors import RETRY_AFTER_S, Code, ServerError, as_server_error
+from enserve.server.errors import RETRY_AFTER_S, Code, ServerError, as_server_error, forget_frames
 from enserve.server.limits import BodyHold
 
 log = logging.getLogger("enserve.server")
@@ -92,18 +91,6 @@ def _inflate(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     if len(data) > limit or inflater.unconsumed_tail:
         raise ServerError(f"decompressed request body exceeds the limit of {limit} bytes", Code.TOO_LARGE)
     return data
-
-
-def forget_frames(exc: BaseException) -> None:
-    """Drop the locals of the finished frames `exc` went through: a refused 60 MB body and
-    the arrays decoded from it are freed now, not when the cyclic GC next finds the
-    exception's reference cycle (the body budget has already counted them as released)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        traceback.clear_frames(current.__traceback__)
-        current = current.__cause__ or current.__context__
 
 
 def compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
@@ -205,6 +192,21 @@ def build_app(plane: DataPlane) -> FastAPI:
     async def model_stats(model: str, version: str = "") -> Response:
         return JSONResponse(plane.statistics(model, version))
 
+    async def answer(model: str, version: str, request: Request, hold: BodyHold,
+                     header_length: int | None) -> tuple[bytes, int | None]:
+        """Read, decode and run one `/infer` body; the encoded response and its JSON length."""
+        with plane.refusals_counted(model):
+            body = await read_body(request, limit, hold)
+            size = len(body)
+            infer_request = await plane.decoder.decode(
+                model, version, body, header_length, plane.limits,
+                reserve=lambda nbytes: hold.grow_to(size + nbytes))
+        del body  # the decoded request keeps what it needs (a raw body, or spans' arrays)
+        response = await plane.infer(infer_request)
+        if size > OFFLOAD_BYTES or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
+            return await asyncio.to_thread(encode_infer_response, response, infer_request)
+        return encode_infer_response(response, infer_request)
+
     @app.post("/v2/models/{model}/infer", openapi_extra=openapi.body(openapi.INFER_REQUEST))
     @app.post("/v2/models/{model}/versions/{version}/infer",
               openapi_extra=openapi.body(openapi.INFER_REQUEST))
@@ -215,16 +217,9 @@ def build_app(plane: DataPlane) -> FastAPI:
         declared = request.headers.get("content-length", "")
         big = declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) > BIG_BYTES
         with plane.body_budget.hold() as hold, plane.decoder.trimmer.big_body(big):
-            with plane.refusals_counted(model):
-                body = await read_body(request, limit, hold)
-                infer_request = await plane.decoder.decode(
-                    model, version, body, header_length, plane.limits,
-                    reserve=lambda nbytes: hold.grow_to(len(body) + nbytes))
-            response = await plane.infer(infer_request)
-            if len(body) > OFFLOAD_BYTES or sum(a.nbytes for a in response.outputs.values()) > OFFLOAD_BYTES:
-                payload, json_length = await asyncio.to_thread(encode_infer_response, response, infer_request)
-            else:
-                payload, json_length = encode_infer_response(response, infer_request)
+            # the body and its arrays live in `answer`'s frame only: gone (or, on an error,
+            # cleared by the hold) before the hold releases their bytes
+            payload, json_length = await answer(model, version, request, hold, header_length)
         payload, headers = compress(payload, request)
         if json_length is not None:
             headers[HEADER_LENGTH] = str(json_length)

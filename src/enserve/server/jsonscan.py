@@ -62,29 +62,32 @@ def loads(body: bytes | bytearray, end: int | None = None) -> Any:
         raise ServerError(f"request body is not valid JSON: {exc}") from None
     if not spans:
         return value
-    found = 0
-
-    def restore(v: Any) -> Any:
-        nonlocal found
-        if isinstance(v, str) and v.startswith(marker):
-            found += 1
-            start, end = spans[int(v[len(marker):])]
-            return Numbers(body, start, end)
-        if isinstance(v, list):
-            return [restore(x) for x in v]
-        if isinstance(v, dict):
-            if any(isinstance(k, str) and k.startswith(marker) for k in v):
-                raise ServerError("request body is not valid JSON: an array used as an object key")
-            return {k: restore(x) for k, x in v.items()}
-        return v
-
+    found = [0]
     try:
-        value = restore(value)
+        value = _restore(value, body, spans, marker, found)
     except RecursionError:
         raise ServerError("request body is not valid JSON: nested too deeply") from None
-    if found != len(spans):
+    if found[0] != len(spans):
         raise ServerError("request body is not valid JSON")
     return value
+
+
+def _restore(v: Any, body: bytes | bytearray, spans: list[tuple[int, int]], marker: str,
+             found: list[int]) -> Any:
+    """`v` with each marker string replaced by its `Numbers` span of `body`. A plain
+    function, not a closure: a recursive closure is a reference cycle (the function, its
+    cell, the function), and it would keep `body` until the cyclic GC ran."""
+    if isinstance(v, str) and v.startswith(marker):
+        found[0] += 1
+        start, end = spans[int(v[len(marker):])]
+        return Numbers(body, start, end)
+    if isinstance(v, list):
+        return [_restore(x, body, spans, marker, found) for x in v]
+    if isinstance(v, dict):
+        if any(isinstance(k, str) and k.startswith(marker) for k in v):
+            raise ServerError("request body is not valid JSON: an array used as an object key")
+        return {k: _restore(x, body, spans, marker, found) for k, x in v.items()}
+    return v
 
 
 def _cut(body: bytes | bytearray, end: int) -> tuple[bytes, list[tuple[int, int]], str]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from enserve.server.errors import Code, ServerError
+from enserve.server.errors import Code, ServerError, forget_frames
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,15 @@ class BodyBudget:
 
     @contextmanager
     def hold(self) -> Iterator[BodyHold]:
+        """One request's share; released when the block ends. On an error, the finished
+        frames in its traceback (which hold the body and its arrays) are cleared first, so
+        the bytes are free when the budget says so, not when the cyclic GC gets to them."""
         hold = BodyHold(self)
         try:
             yield hold
+        except BaseException as exc:
+            forget_frames(exc)
+            raise
         finally:
             self.release(hold.nbytes)
 
