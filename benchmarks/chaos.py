@@ -465,6 +465,8 @@ def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 
             s = socket.create_connection(("127.0.0.1", server.http))
             s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n")
             socks.append(s)
+        time.sleep(1.0)  # the server has taken every connection and its first bytes
+        with_connections = _rss(pid)  # what the slow connections alone hold, before any body
         rows = body_mb * 1024 * 1024 // (4 * 64)  # "0.5," is 4 bytes; 64 values a digit
         data = ",".join(["0.5"] * (rows * 64))
         # real tensor data: decoded in full (a 60 MB float32 array), then refused with 400
@@ -544,6 +546,8 @@ def slow(workdir: Path, connections: int = 300, bodies: int = 8, body_mb: int = 
                 "health_p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
                 "health_samples": len(ordered), "rss_baseline_mb": baseline / 2**20,
                 "rss_peak_over_baseline_mb": (max(rss) - baseline) / 2**20, "body_budget_mb": budget_mb,
+                "rss_slow_connections_mb": (with_connections - baseline) / 2**20,
+                "rss_peak_over_connections_mb": (max(rss) - with_connections) / 2**20,
                 "slow_connections_still_open": open_after}
     finally:
         server.stop(60)
