@@ -945,7 +945,7 @@ class RayEngine:
             except Exception as exc:
                 self._fail_batch(batch, f"combiner failed: {exc}")
                 return
-            if all(left <= 0 for left in batch.remaining.values()):
+            if not any(batch.remaining.values()):
                 self._complete(batch)
 
     def _on_failure(self, a: _Actor, generation: int, chunk: _Chunk, exc: BaseException) -> None:
