@@ -147,12 +147,11 @@ def test_hung_worker_is_killed_restarted_and_its_work_retried(tmp_path: Path):
         victim = engine.worker_pids()["controlled_1#1"]
         (tmp_path / "slow").write_text("60")
         x = _x(2)
-        start = time.perf_counter()
         future = engine.submit(x)
         time.sleep(0.3)  # the controlled member is now asleep inside its forward
         (tmp_path / "slow").unlink()  # the retry will not sleep
+        # answered by the retry: waiting out the 60 s the hung forward wanted would time out
         _assert_same(future.result(timeout=45), reference.infer(x))
-        assert time.perf_counter() - start < 45  # not the 60 s the hung forward wanted
         assert engine.stats()["restarts"] == 1
         assert engine.worker_pids()["controlled_1#1"] != victim
 
@@ -176,10 +175,8 @@ def test_worker_dying_twice_fails_the_request_without_hanging(tmp_path: Path):
     spec = make_spec(tmp_path, ["net_a", "controlled"])
     with Engine(spec, max_batch=4, max_restarts=3) as engine:
         (tmp_path / "crash").write_text("3")  # not 1: a restarted worker warms up on 1 row
-        start = time.perf_counter()
         with pytest.raises(InferenceError, match="controlled_1.*retried once"):
-            engine.infer_sync(_x(3), timeout=60)
-        assert time.perf_counter() - start < 60
+            engine.infer_sync(_x(3), timeout=60)  # fails (a hang would be a TimeoutError)
         (tmp_path / "crash").unlink()
         deadline = time.monotonic() + 60
         while engine.stats()["instances"][1]["state"] != "ready" and time.monotonic() < deadline:

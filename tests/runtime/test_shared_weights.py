@@ -3,8 +3,8 @@ weight file from the cache, so the file's pages are counted once across them (PS
 
 from __future__ import annotations
 
+import secrets
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ WIDE = textwrap.dedent('''
 @pytest.mark.parametrize("framework", ["torch", "onnxruntime"])
 def test_two_instances_share_the_weight_pages(tmp_path: Path, framework: str):
     (tmp_path / "wide.py").write_text(WIDE)
-    write_wide_onnx(tmp_path / "wide.onnx", seed=int(time.time()))  # a new model each run
+    write_wide_onnx(tmp_path / "wide.onnx", seed=secrets.randbelow(2**31))  # a new model each run
     source = "python:wide.py:wide" if framework == "torch" else "onnx:wide.onnx"
     spec = spec_from_dict(
         {"name": "wide", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 2, 2]}],
