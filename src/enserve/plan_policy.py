@@ -39,9 +39,11 @@ def mismatch(plan: Any, here: Hardware) -> str | None:
 
 def fit_plan(spec_path: str | Path, plan: Any, policy: str = "replan", *, where: str = "plan",
              progress: bool = True, hardware: Hardware | None = None,
-             cache_dir: Path | None = None, say: Callable[[str], None] = _print) -> Any:
+             cache_dir: Path | None = None, say: Callable[[str], None] = _print,
+             precision: str | None = None) -> Any:
     """`plan` if it fits this machine (or `policy` is reuse); else a new plan (replan) or
-    PlanError (fail). Messages go through `say`."""
+    PlanError (fail). Messages go through `say`. `precision` (auto, fp32) overrides the
+    old plan's precision mode for a re-plan."""
     if policy not in PLAN_POLICIES:
         raise PlanError(f"--plan-policy: '{policy}' is not one of {', '.join(PLAN_POLICIES)}")
     here = hardware or current_hardware()
@@ -61,12 +63,15 @@ def fit_plan(spec_path: str | Path, plan: Any, policy: str = "replan", *, where:
         raise PlanError(f"{message}; refusing it (--plan-policy fail): re-plan with "
                         "--plan-policy replan or `enserve plan`")
     say(f"{message}; re-planning for this machine (--plan-policy replan; profiles are cached)")
-    return replan(spec_path, plan, progress=progress, hardware=here, cache_dir=cache_dir)
+    return replan(spec_path, plan, progress=progress, hardware=here, cache_dir=cache_dir,
+                  precision=precision)
 
 
 def replan(spec_path: str | Path, old: Any, *, progress: bool = True,
-           hardware: Hardware | None = None, cache_dir: Path | None = None) -> Any:
-    """Profile `spec_path` here for what `old` used, and plan it again."""
+           hardware: Hardware | None = None, cache_dir: Path | None = None,
+           precision: str | None = None) -> Any:
+    """Profile `spec_path` here for what `old` used, and plan it again; in `precision`
+    mode (auto, fp32) when given, else in the mode `old` was planned in."""
     from enserve.formats.groups import is_fused_variant
     from enserve.plan.precision import choose_precision
     from enserve.profiler import profile_spec
@@ -79,7 +84,9 @@ def replan(spec_path: str | Path, old: Any, *, progress: bool = True,
     variants |= {i.variant for i in old.instances
                  if i.variant and not is_fused_variant(i.variant)
                  and i.variant not in REDUCED_PRECISION}
-    precision = str((old.precision or {}).get("mode", "auto"))
+    if precision not in (None, "auto", "fp32"):
+        raise PlanError(f"--precision: '{precision}' is not one of auto, fp32")
+    precision = precision or str((old.precision or {}).get("mode", "auto"))
     batch_sizes = sorted({*REPLAN_BATCH_SIZES, *(i.batch_size for i in old.instances)})
     profile = profile_spec(spec_path, batch_sizes=batch_sizes, variants=sorted(variants),
                            cache_dir=cache_dir, progress=progress,

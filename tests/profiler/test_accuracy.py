@@ -100,6 +100,14 @@ def test_a_plan_from_a_foreign_fingerprint_is_replanned_reused_or_refused(
     assert "re-planning" in said[-1]
     assert new.hardware is not None and new.hardware["id"] == current_hardware().id
     assert {i.member for i in new.instances} == {"benign", "outlier"}
+    assert new.precision is not None and new.precision["mode"] == "fp32"  # the old plan's
+    # --precision overrides the old plan's mode for the re-plan
+    auto = fit_plan(spec, old, "replan", progress=False, cache_dir=tmp_path / "cache",
+                    say=said.append, precision="auto")
+    assert auto.precision is not None and auto.precision["mode"] == "auto"
+    with pytest.raises(PlanError, match="--precision"):
+        fit_plan(spec, old, "replan", progress=False, cache_dir=tmp_path / "cache",
+                 say=said.append, precision="int4")
     # the new plan fits: no message, same object
     said.clear()
     assert fit_plan(spec, new, "fail", say=said.append) is new and said == []

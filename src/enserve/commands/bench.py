@@ -47,9 +47,10 @@ def register(sub: Any) -> None:
                         "actors on a cluster (needs enserve[ray]; docs/scale-out.md)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="--backend ray: the cluster (default: the one running on this machine)")
-    p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
-                   help="planning from --profile: auto lets members run in a reduced "
-                        "precision the profile's accuracy check admitted; fp32 forbids it")
+    p.add_argument("--precision", choices=("auto", "fp32"), default=None,
+                   help="planning from --profile, or re-planning a foreign --plan: auto lets "
+                        "members run in a reduced precision the accuracy check admitted; "
+                        "fp32 forbids it (default auto; a re-plan keeps the old plan's mode)")
     p.add_argument("--plan-policy", choices=("reuse", "replan", "fail"), default="replan",
                    help="a --plan made on other hardware (its fingerprint differs from this "
                         "machine's): reuse it, re-plan here (profiles this machine, cached), "
@@ -99,11 +100,13 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None and not isinstance(plan, dict):
         from enserve.plan_policy import fit_plan
 
-        plan = fit_plan(args.spec, plan, args.plan_policy, where=f"--plan {args.plan}")
+        plan = fit_plan(args.spec, plan, args.plan_policy, where=f"--plan {args.plan}",
+                        precision=args.precision)
     elif profile is not None:
         from enserve.plan.precision import choose_precision
 
-        plan = choose_precision(profile, args.precision, args.fusion, "greedy").plan
+        plan = choose_precision(profile, args.precision or "auto", args.fusion,
+                                "greedy").plan
     cfg = BenchConfig(
         mode=args.mode, concurrency=args.concurrency, rate=args.rate, duration_s=args.duration,
         warmup_s=args.warmup, baselines=list(dict.fromkeys(args.baseline)),

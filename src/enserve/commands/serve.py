@@ -80,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "in the background (niced measurements), switching to a better plan "
                         "when it predicts >= 5%% more (off by default: it measures on the "
                         "serving machine)")
+    p.add_argument("--precision", choices=("auto", "fp32"), default=None,
+                   help="plans made here (--plan-policy replan, --refine-profile): auto lets "
+                        "members run in a reduced precision (bf16, int8, fp16) that the "
+                        "spec's accuracy check admits; fp32 forbids it (default: a re-plan "
+                        "keeps the old plan's mode, --refine-profile uses auto)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                              if args.memory_budget_mb is not None else None),
         idle_unload_s=args.idle_unload_s, dashboard=args.dashboard,
         plan_policy=args.plan_policy, hang_timeout_s=args.hang_timeout or None,
-        refine_profile=args.refine_profile,
+        refine_profile=args.refine_profile, precision=args.precision,
     )
     run_server(config)
     return 0

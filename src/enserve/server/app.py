@@ -75,13 +75,17 @@ class ServerConfig:
     refine_profile: bool = False
     """Engine backend, an ensemble needing a plan made here: plan from an adaptive profile
     (about a minute), then refine it in the background and switch plans on a gain."""
+    precision: str | None = None
+    """Engine backend, plans made here: auto (reduced precision the accuracy check admits)
+    or fp32; None: a re-plan keeps the old plan's mode, a refined first plan uses auto."""
 
 
 def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
                     ray_address: str | None = None,
                     plan_policy: str = "replan",
                     hang_timeout_s: float | None = 30.0,
-                    refine_profile: bool = False) -> BackendFactory:
+                    refine_profile: bool = False,
+                    precision: str | None = None) -> BackendFactory:
     if kind == "reference":
         from enserve.server.backend import ReferenceBackend
 
@@ -93,7 +97,8 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
                                           max_queue=limits.max_pending, plan_policy=plan_policy,
                                           hang_timeout_s=hang_timeout_s,
-                                          refine_profile=refine_profile)
+                                          refine_profile=refine_profile,
+                                          precision=precision)
     if kind == "ray":
         from enserve.runtime.ray import ray_available
 
@@ -146,7 +151,7 @@ class EnserveServer:
         enter_scratch()  # sweep what a killed server left; our temp files go in one folder
         factory = backend_factory(config.backend, config.threads, config.limits,
                                   config.ray_address, config.plan_policy, config.hang_timeout_s,
-                                  config.refine_profile)
+                                  config.refine_profile, config.precision)
         self.repository: ModelRepository
         if config.memory_budget_bytes is not None:
             self.repository = BudgetedRepository(

@@ -61,7 +61,7 @@ def _say(name: str) -> Callable[[str], None]:
 class EngineBackend:
     def __init__(self, spec: EnsembleSpec, max_batch: int = 256, max_queue: int = 1024,
                  plan_policy: str = "replan", hang_timeout_s: float | None = 30.0,
-                 refine_profile: bool = False) -> None:
+                 refine_profile: bool = False, precision: str | None = None) -> None:
         from enserve.runtime.engine import Engine
 
         self.spec = spec
@@ -73,12 +73,14 @@ class EngineBackend:
             # A first plan within a minute, refined while serving (docs/profiling.md).
             from enserve.profiler.background import refined_first_plan
 
-            plan, self.refiner = refined_first_plan(spec.base_dir, say=_say(spec.name))
+            plan, self.refiner = refined_first_plan(spec.base_dir, say=_say(spec.name),
+                                                    precision=precision or "auto")
         elif plan is not None:
             from enserve.plan_policy import fit_plan
 
             plan = fit_plan(spec.base_dir, plan, plan_policy,
-                            where=f"{spec.name}: {spec.base_dir / PLAN_FILE}")
+                            where=f"{spec.name}: {spec.base_dir / PLAN_FILE}",
+                            precision=precision)
         self.engine = Engine(spec, plan, profile=profile, **self._engine_args)
         self.engine.start()
         if self.refiner is not None:
