@@ -150,10 +150,11 @@ def _subset(calibration: Calibration, rows: np.ndarray, part: str, tag: str) -> 
                        digest, f"{calibration.source}, {part} rows ({tag})")
 
 
-def held_out(spec: EnsembleSpec, calibration: Calibration) -> Calibration:
+def held_out(spec: EnsembleSpec, calibration: Calibration, split: Split | None = None
+             ) -> Calibration:
     """The rows the admission measures on (never those int8 was calibrated on); its
-    digest covers the split."""
-    split = calibration_split(spec, calibration)
+    digest covers the split (`split`: the one `calibration_split` gave, if at hand)."""
+    split = split or calibration_split(spec, calibration)
     return _subset(calibration, split.held_out, "held-out", split.tag)
 
 

@@ -66,7 +66,7 @@ def assess_precisions(
     assert spec.accuracy is not None
     full = load_calibration(spec)
     split = calibration_split(spec, full)
-    calibration = held_out(spec, full)
+    calibration = held_out(spec, full, split)
     names = [m.name for m in spec.members]
     reference: dict[str, np.ndarray] = {}
     variants: dict[str, dict[str, np.ndarray]] = {}
