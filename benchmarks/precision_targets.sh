@@ -23,4 +23,6 @@ $ENSERVE plan --profile "$OUT/precision-$NAME-profile.json" --fusion off --preci
 $ENSERVE bench "$SPEC" --profile "$OUT/precision-$NAME-profile.json" \
   --fusion off --concurrency 16 --duration ${DURATION:-20} --warmup 4 --rounds ${ROUNDS:-1} \
   --baseline fp32 sequential --out "$OUT/precision-$NAME-bench.json"
-[ "${DIGITS:-1}" = 1 ] && $PY benchmarks/precision_digits.py --json > "$OUT/precision-digits.json"
+if [ "${DIGITS:-1}" = 1 ]; then
+  $PY benchmarks/precision_digits.py --json > "$OUT/precision-digits.json"
+fi
