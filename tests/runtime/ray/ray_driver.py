@@ -47,7 +47,7 @@ def tiny_plan(members: list[str]) -> Plan:
 
 
 def one_node_plan(members: list[str]) -> Plan:
-    """Every instance on the driver's node (node-0): the compiled-graph path."""
+    """Every instance on the driver's node (node-0): fast lanes, or the compiled graph."""
     a, b, c = members
     return Plan.from_dict({"algorithm": "manual", "objective": "throughput",
             "devices": [_device("node-0")],
@@ -137,6 +137,36 @@ def whole(engine: RayEngine, lost: str | None) -> bool:
     return nodes_ok and all(i["state"] == "ready" for i in stats["instances"])
 
 
+def one_node_with_a_kill(spec: Any, reference: ReferenceExecutor, prefix: str, stat: str,
+                         path_again: Any, **options: Any) -> dict[str, Any]:
+    """Every instance on the driver's node: outputs vs the reference (small batches, then
+    every batch by object-store reference), an actor killed under load, recovery (`stat` of
+    the engine's stats passing `path_again`), outputs again; keys start with `prefix`."""
+    import ray
+
+    out: dict[str, Any] = {}
+    shape = tuple(spec.inputs[0].shape[1:])
+    with RayEngine(spec, one_node_plan([m.name for m in spec.members]), max_batch=16,
+                   check_interval_s=0.25, task_timeout_s=30, backlog_timeout_s=40,
+                   **options) as engine:
+        out[f"{prefix}_max_diff"] = max_diff(engine, reference, shape, range(12))
+        engine.inline_bytes = 0  # every batch through the object store, by reference
+        out[f"{prefix}_max_diff_put"] = max_diff(engine, reference, shape, range(40, 46))
+        engine.inline_bytes = 100 * 1024
+        out[f"{prefix}_initial"] = engine.stats()[stat]
+        load = Load(engine, reference, shape)
+        time.sleep(1.0)
+        ray.kill(engine._actors[1].handle, no_restart=True)
+        out[f"{prefix}_kill_recovered_s"] = wait_until(
+            lambda: engine.stats()["restarts"] >= 1 and whole(engine, None)
+            and path_again(engine.stats()[stat] or {}), 60)
+        time.sleep(1.0)
+        out[f"{prefix}_kill_load"] = load.stop()
+        out[f"{prefix}_max_diff_after"] = max_diff(engine, reference, shape, range(30, 36))
+        out[f"{prefix}_final"] = engine.stats()[stat]
+    return out
+
+
 def main() -> None:
     tiny_dir, sim_dir = Path(sys.argv[1]), Path(sys.argv[2])
     out: dict[str, Any] = {}
@@ -148,27 +178,16 @@ def main() -> None:
         members = [m.name for m in spec.members]
         shape = tuple(spec.inputs[0].shape[1:])
         reference = ReferenceExecutor(spec)
+        import ray
+
+        # one node, the default: small batches through each actor's fast lane, large ones
+        # by plain calls; an actor killed while its lane is in use: nothing hung or wrong
+        out.update(one_node_with_a_kill(spec, reference, "lane", "fast_lane",
+                                        lambda s: s["lanes"] == 4))
         # one node: small batches through the compiled graph; an actor killed under load
         # breaks it (plain calls take over, nothing lost), then it is rebuilt
-        with RayEngine(spec, one_node_plan(members), max_batch=16, check_interval_s=0.25,
-                       task_timeout_s=30, backlog_timeout_s=40, compiled_graph=True) as engine:
-            out["graph_max_diff"] = max_diff(engine, reference, shape, range(12))
-            engine.inline_bytes = 0  # every batch through the object store, by reference
-            out["graph_max_diff_put"] = max_diff(engine, reference, shape, range(40, 46))
-            engine.inline_bytes = 100 * 1024
-            out["graph_initial"] = engine.stats()["compiled_graph"]
-            load = Load(engine, reference, shape)
-            time.sleep(1.0)
-            import ray
-
-            ray.kill(engine._actors[1].handle, no_restart=True)
-            out["graph_kill_recovered_s"] = wait_until(
-                lambda: engine.stats()["restarts"] >= 1 and whole(engine, None)
-                and (engine.stats()["compiled_graph"] or {}).get("builds", 0) >= 2, 60)
-            time.sleep(1.0)
-            out["graph_kill_load"] = load.stop()
-            out["graph_max_diff_after"] = max_diff(engine, reference, shape, range(30, 36))
-            out["graph_final"] = engine.stats()["compiled_graph"]
+        out.update(one_node_with_a_kill(spec, reference, "graph", "compiled_graph",
+                                        lambda s: s.get("builds", 0) >= 2, compiled_graph=True))
 
         engine = RayEngine(spec, tiny_plan(members), max_batch=16, check_interval_s=0.25,
                            task_timeout_s=30, backlog_timeout_s=40)
@@ -178,6 +197,7 @@ def main() -> None:
             out["instance_nodes"] = sorted({i["node"] for i in engine.stats()["instances"]})
             out["max_diff"] = max_diff(engine, reference, shape, range(12))
             out["graph_three_nodes"] = engine.stats()["compiled_graph"]  # none: plain calls
+            out["lane_three_nodes"] = engine.stats()["fast_lane"]  # node-0's actor only
 
             # an actor killed while requests are in flight: restarted, work retried
             load = Load(engine, reference, shape)

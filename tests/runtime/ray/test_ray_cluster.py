@@ -93,6 +93,19 @@ def test_ray_backend_on_a_three_node_cluster(tmp_path: Path) -> None:
     print(json.dumps(r, indent=1))
     assert r["instance_nodes"] == ["node-0", "node-1", "node-2"]
     assert r["max_diff"] < 1e-5 and r["max_diff_after"] < 1e-5
+    # one node, the default: small batches through the actors' fast lanes (large ones by
+    # plain calls), equal to the reference; an actor killed while its lane is in use:
+    # nothing hung, lost or wrong, and the restarted actor gets a lane again
+    assert r["lane_max_diff"] < 1e-5 and r["lane_max_diff_put"] < 1e-5
+    assert r["lane_max_diff_after"] < 1e-5
+    assert r["lane_initial"]["lanes"] == 4 and r["lane_initial"]["tasks"] > 0
+    assert r["lane_kill_recovered_s"] is not None
+    load = r["lane_kill_load"]
+    assert load["hung"] == 0 and load["wrong"] == 0 and load["errors"] == 0, load
+    assert load["ok"] > 0, load
+    assert r["lane_final"]["lanes"] == 4 and r["lane_final"]["tasks"] > r["lane_initial"]["tasks"]
+    # three nodes: a lane for the actor on the driver's node (node-0) only
+    assert r["lane_three_nodes"]["lanes"] == 1
     # one node: small batches through the compiled graph, equal to the reference; an actor
     # killed under load: nothing lost or wrong, the graph rebuilt over the restarted actor
     assert r["graph_max_diff"] < 1e-5 and r["graph_max_diff_after"] < 1e-5

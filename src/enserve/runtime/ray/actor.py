@@ -10,6 +10,7 @@ the same zero-copy numpy arrays), rows `start:stop` are this chunk.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -62,20 +63,34 @@ class InstanceActor:
         self.members = cfg.members
         self.input_names = [spec.input_for(spec.member(m)).name for m in self.members]
         self.load_s = time.perf_counter() - started
+        self._running = threading.Lock()  # Ray's calls and the fast lane take turns
 
-    def ready(self, probe: dict[str, np.ndarray]) -> dict[str, Any]:
+    def ready(self, probe: dict[str, np.ndarray],
+              lane: tuple[str, bytes] | None = None) -> dict[str, Any]:
         """Warm up on `probe` (one row per input) repeated to the planned batch size, as a
         local worker does (the kernels for the shape it will run); the output shape and this
-        process's pid."""
+        process's pid. `lane`: (the driver's private folder, token) to open a fast lane in
+        (`enserve.runtime.ray.lane`); its socket's path is returned as `lane`."""
         rows = max(1, self.cfg.batch_size)
         out = self._forward({k: np.repeat(v, rows, axis=0) for k, v in probe.items()}, 0, rows)
         shape = next(iter(out.values())).shape
-        return {"output_shape": [-1, *shape[1:]], "pid": os.getpid(), "load_s": self.load_s}
+        info: dict[str, Any] = {"output_shape": [-1, *shape[1:]], "pid": os.getpid(),
+                                "load_s": self.load_s}
+        if lane is not None and os.path.isdir(lane[0]):  # not there: another machine
+            from enserve.runtime.ray.lane import serve_lane
+
+            info["lane"] = serve_lane(lane[0], lane[1], self.run)
+        return info
 
     def run(self, inputs: dict[str, np.ndarray], start: int, stop: int
             ) -> tuple[dict[str, np.ndarray], float]:
         """Logits of rows start:stop for each member this instance computes, run in pieces
         of the planned batch size, and the compute time."""
+        with self._running:
+            return self._run(inputs, start, stop)
+
+    def _run(self, inputs: dict[str, np.ndarray], start: int, stop: int
+             ) -> tuple[dict[str, np.ndarray], float]:
         t0 = time.perf_counter()
         step = max(1, self.cfg.batch_size)
         pieces = [self._forward(inputs, a, min(stop, a + step)) for a in range(start, stop, step)]

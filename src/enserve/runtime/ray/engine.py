@@ -10,9 +10,15 @@ Same API as the local `Engine` (`start`, `submit`, `infer`, `infer_sync`, `stats
 - the supervisor restarts dead actors, kills hung ones, watches the nodes and re-plans
   when one leaves or returns (`enserve.plan.replan`), and (re)builds the compiled graph.
 
-Opt-in (`compiled_graph=True`): when every ready actor runs on this process's node, batches go to them
-through one Ray Compiled Graph (`enserve.runtime.ray.graph`: one shared-memory `execute`
-per batch, all answers in one read) instead of one actor call per instance. Plain actor
+Default (`fast_lane=True`): an actor on this process's node gets small batches (up to
+`inline_bytes`) over a fast lane of its own (`enserve.runtime.ray.lane`: a Unix socket it
+opened for this process alone) instead of a Ray call; Ray still places, restarts and watches
+it, and whatever a lane had outstanding when it closed is sent by plain calls.
+
+Opt-in (`compiled_graph=True`, which turns the lanes off): when every ready actor runs on
+this process's node, batches go to them through one Ray Compiled Graph
+(`enserve.runtime.ray.graph`: one shared-memory `execute` per batch, all answers in one
+read) instead of one actor call per instance. Plain actor
 calls (the batch `ray.put` once when larger than `inline_bytes`) serve actors on other
 nodes, and any actor set without a working graph (starting, restarting, lost, a graph that
 failed); never both at once on one actor. (Across nodes, Ray 2.60's compiled graph hung in
@@ -57,6 +63,7 @@ from enserve.result import EnsembleResult, ValidInputs, output_names, validate_i
 from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, fail_expired
 from enserve.runtime.placement import WorkerConfig, configs_from_plan, execution_units
 from enserve.runtime.ray.graph import CompiledPath, graph_signature
+from enserve.runtime.ray.lane import Lanes
 from enserve.runtime.ray.nodes import NODE_ID_LABEL, LiveNode, connect, live_nodes
 from enserve.runtime.stats import EngineCounters, member_summary, percentiles
 from enserve.spec import EnsembleSpec, load_spec
@@ -91,6 +98,7 @@ class _Actor:
     last_progress: float = field(default_factory=time.monotonic)
     restarts: int = 0
     pid: int | None = None
+    lane: int | None = None  # its fast lane (enserve.runtime.ray.lane), if it has one
     error: str | None = None
     stats: _Stats = field(default_factory=_Stats)
 
@@ -127,7 +135,7 @@ class _Chunk:
     stop: int
     attempts: int = 0
     token: int = 0  # bumped on every dispatch: answers of an earlier dispatch are ignored
-    graph_failures: int = 0  # a failed compiled graph retries it once by a plain call, free
+    path_failures: int = 0  # a failed graph or lane retries it once by a plain call, free
     queued_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -163,6 +171,7 @@ class RayEngine:
         default_batch_size: int = 8,
         inline_bytes: int = 100 * 1024,
         compiled_graph: bool = False,
+        fast_lane: bool = True,
     ) -> None:
         self.spec = spec if isinstance(spec, EnsembleSpec) else load_spec(spec)
         self.profile = profile
@@ -178,6 +187,8 @@ class RayEngine:
         self.inline_bytes = inline_bytes  # batches up to this size travel inside the tasks
         self.compiled_graph = compiled_graph  # batches through one compiled graph (one node)
         self._graph: CompiledPath | None = None
+        self.fast_lane = fast_lane and not compiled_graph  # same-node actors: own transport
+        self._lanes: Lanes | None = None
         self._graph_refused: set[tuple[Any, ...]] = set()  # signatures that failed
         self._graph_builds = 0
         self._graph_building = False  # a graph is being built: dispatch waits
@@ -229,6 +240,8 @@ class RayEngine:
             connect(self.address)
             self._here = str(ray.get_runtime_context().get_node_id())
             self._remote_cls = ray.remote(InstanceActor)
+            if self.fast_lane:
+                self._lanes = Lanes(self._lane_answer, self._path_broken)
             nodes = live_nodes()
             if not nodes:
                 raise ModelLoadError("the Ray cluster has no node with a CPU or GPU")
@@ -388,6 +401,9 @@ class RayEngine:
                 "restarts": sum(a.restarts for a in self._actors),
                 "replans": self._replans,
                 "compiled_graph": self._graph_summary(),
+                "fast_lane": None if self._lanes is None else {
+                    "lanes": self._lanes.open,
+                    "tasks": self._lanes.tasks, "broken": self._lanes.broken},
                 "nodes": {name: ("lost" if name in self._lost else "alive")
                           for name in self._plan_nodes()},
                 "members": member_summary(instances) if instances else {},
@@ -565,6 +581,7 @@ class RayEngine:
                 pg, placement_group_bundle_index=0)
         a.generation += 1
         a.state, a.started_at, a.error, a.pid = "starting", time.monotonic(), None, None
+        self._close_lane(a, "its actor is restarted")
         from enserve.members.trust import trusted_entries
         from enserve.runtime.ray.actor import ActorConfig
 
@@ -576,7 +593,10 @@ class RayEngine:
             (1, *(d if d > 0 else 1 for d in t.shape[1:]))).astype(np.float32)
             for t in self.spec.inputs}
         probe = {k: v.astype(_dtype(self.spec, k)) for k, v in probe.items()}
-        ref = a.handle.ready.remote(probe)
+        lane = None  # a fast lane for an actor on this node (the folder is on this machine)
+        if self._lanes is not None and node_id == self._here:
+            lane = (self._lanes.folder, self._lanes.token)
+        ref = a.handle.ready.remote(probe, lane)
         generation = a.generation
         ref.future().add_done_callback(
             lambda f: self._events.put(("ready", a, generation, f)))
@@ -606,8 +626,8 @@ class RayEngine:
         if a in self._actors:
             self._actors.remove(a)
 
-    @staticmethod
-    def _kill(a: _Actor) -> None:
+    def _kill(self, a: _Actor) -> None:
+        self._close_lane(a, f"actor {a.label} killed")
         if a.handle is None:
             return
         import ray
@@ -615,7 +635,35 @@ class RayEngine:
         with contextlib.suppress(Exception):
             ray.kill(a.handle, no_restart=True)
 
+    def _close_lane(self, a: _Actor, why: str) -> None:
+        """Stop using `a`'s fast lane (lock held); what it had outstanding goes by plain
+        calls (chunks already sent again elsewhere are skipped)."""
+        if a.lane is None or self._lanes is None:
+            return
+        outstanding = self._lanes.close_lane(a.lane)
+        a.lane = None
+        if outstanding:
+            self._path_broken(outstanding, why)
+
+    def _open_lane(self, a: _Actor, generation: int, info: Mapping[str, Any]) -> int | None:
+        """Connect to the fast lane `a` opened (no lock held: a socket handshake)."""
+        path = info.get("lane")
+        if self._lanes is None or not isinstance(path, str) or generation != a.generation:
+            return None
+        return self._lanes.connect(path)
+
     def _on_ready(self, a: _Actor, generation: int, future: Future[Any]) -> None:
+        lane = None
+        with contextlib.suppress(Exception):
+            lane = self._open_lane(a, generation, future.result())
+        try:
+            self._mark_ready(a, generation, future, lane)
+        finally:
+            if lane is not None and a.lane != lane and self._lanes is not None:
+                self._lanes.close_lane(lane)  # not taken (not ready after all): nothing sent
+
+    def _mark_ready(self, a: _Actor, generation: int, future: Future[Any],
+                    lane: int | None) -> None:
         with self._changed:
             if generation != a.generation or a.state != "starting":
                 return
@@ -639,6 +687,7 @@ class RayEngine:
                 self._changed.notify_all()
                 return
             a.state, a.pid, a.last_progress = "ready", int(info["pid"]), time.monotonic()
+            a.lane = lane
             backlog = self._backlog.get(a.cfg.member, deque())
             while backlog:
                 self._assign(backlog.popleft())
@@ -746,7 +795,7 @@ class RayEngine:
         if graph is not None and sent is not None:
             graph_spans = {key: (c[3].start, c[3].stop) for key, c in sent.items()}
             if not graph.submit(ref, sent, graph_spans):  # not taken: plain calls instead
-                self._graph_broken(list(sent.values()), "compiled graph not usable", free=True)
+                self._path_broken(list(sent.values()), "compiled graph not usable", free=True)
 
     def _graph_chunks(self, batch: _Batch, graph: CompiledPath
                       ) -> dict[int, tuple[_Actor, int, int, _Chunk]] | None:
@@ -779,13 +828,17 @@ class RayEngine:
 
     def _graph_answer(self, key: int, sent: tuple[_Actor, int, int, _Chunk],
                       future: Future[Any]) -> None:
+        self._lane_answer(sent, future)
+
+    def _lane_answer(self, sent: tuple[_Actor, int, int, _Chunk], future: Future[Any]) -> None:
         a, generation, token, chunk = sent
         self._on_result(a, generation, token, chunk, future)
 
-    def _graph_broken(self, outstanding: list[tuple[_Actor, int, int, _Chunk]], why: str,
-                      free: bool = False) -> None:
-        """The graph failed: its outstanding chunks go by plain calls (the first time
-        free of the retry budget; a second graph failure counts as a retry)."""
+    def _path_broken(self, outstanding: list[tuple[_Actor, int, int, _Chunk]], why: str,
+                     free: bool = False) -> None:
+        """The compiled graph or a fast lane failed: its outstanding chunks go by plain
+        calls (the first time free of the retry budget; a second failure counts as a
+        retry)."""
         with self._lock:
             self._nodes_due = True
             for a, _generation, token, chunk in outstanding:
@@ -794,8 +847,8 @@ class RayEngine:
                 chunk.token += 1  # a late answer from the graph no longer counts
                 a.outstanding_rows -= chunk.rows
                 if not free:
-                    chunk.graph_failures += 1
-                if chunk.graph_failures > 1:
+                    chunk.path_failures += 1
+                if chunk.path_failures > 1:
                     self._retry(chunk, why)
                 else:
                     self._assign(chunk)
@@ -836,7 +889,7 @@ class RayEngine:
         try:
             for old in old_graphs:  # their loops leave the actors first
                 old.join(timeout_s=30.0)
-            graph = CompiledPath.build(handles, signature, self._graph_answer, self._graph_broken,
+            graph = CompiledPath.build(handles, signature, self._graph_answer, self._path_broken,
                                  max_inflight=self._inflight_batches,
                                  read_timeout_s=self.task_timeout_s or 3600.0)
         except Exception as exc:
@@ -877,7 +930,13 @@ class RayEngine:
         a = to if to is not None and to in ready else min(
             ready, key=lambda x: (x.state != "ready", x.outstanding_rows))
         self._mark_sent(a, chunk)
-        ref = a.handle.run.remote(chunk.batch.ref, chunk.start, chunk.stop)
+        inputs = chunk.batch.ref
+        if (a.lane is not None and self._lanes is not None and isinstance(inputs, dict)
+                and self._lanes.send(a.lane, chunk.task_id, (a, a.generation, chunk.token, chunk),
+                                     {k: v[chunk.start:chunk.stop] for k, v in inputs.items()},
+                                     0, chunk.rows)):
+            return  # a small batch to an actor on this node: its rows through its fast lane
+        ref = a.handle.run.remote(inputs, chunk.start, chunk.stop)
         sent = (a, a.generation, chunk.token)
         ref.future().add_done_callback(lambda f: self._answered(sent, chunk, f))
 
@@ -1059,10 +1118,11 @@ class RayEngine:
                     a.error = (f"actor {a.label} answered nothing for {self.task_timeout_s:g} s "
                                "(hung) and was killed")
                     self._note("actor-hung", actor=a.label)
-                    self._kill(a)
                     # retried now, not when a plain call's RayActorError comes back: a
-                    # chunk sent through the compiled graph has no call of its own to fail
+                    # chunk sent through the compiled graph or a lane has no call of its
+                    # own to fail
                     self._declare_dead(a, a.error)
+                    self._kill(a)
                 elif a.state == "starting" and now - a.started_at > self.start_timeout_s:
                     a.error = f"actor {a.label} not ready after {self.start_timeout_s:g} s"
                     self._kill(a)
@@ -1111,6 +1171,8 @@ class RayEngine:
             with self._changed:
                 self._changed.wait_for(lambda: self._inflight == 0,
                                        timeout=max(0.0, deadline - time.monotonic()))
+        if self._lanes is not None:  # before the actors go: their lanes' ends close
+            self._lanes.close()
         graphs = [g for g in (self._graph, *self._old_graphs) if g is not None]
         self._graph, self._old_graphs = None, []
         for graph in graphs:  # their loops leave the actors before they are killed
