@@ -20,7 +20,8 @@ under `ip netns exec`; needs root) on a local `ray.cluster_utils.Cluster`:
 usage: python benchmarks/scale_out.py [PART ...] [--out FILE] [--duration S]
 
 SCALE_OUT_GRAPH=1 sends one-node's and simulated's batches through the compiled graph
-(`RayEngine(compiled_graph=True)`); without it, plain actor calls (the default).
+(`RayEngine(compiled_graph=True)`); SCALE_OUT_PLAIN=1 turns one-node's fast lanes off
+(plain actor calls only); without either, the default (fast lanes on this node).
 """
 
 from __future__ import annotations
@@ -232,10 +233,12 @@ def part_one_node(duration: float, spec_dir: str) -> dict[str, Any]:
         cfg = BenchConfig(concurrency=16, duration_s=duration, warmup_s=max(2.0, duration / 2), rounds=2,
                           baselines=["local-engine"], backend="ray", fusion="off",
                           max_batch=32,
-                          ray_compiled_graph=bool(os.environ.get("SCALE_OUT_GRAPH")))
+                          ray_compiled_graph=bool(os.environ.get("SCALE_OUT_GRAPH")),
+                          ray_fast_lane=not os.environ.get("SCALE_OUT_PLAIN"))
         report = run_bench(spec, plan, cfg, None, log)
         return {"spec": spec_dir, "plan": described,
-                "compiled_graph": cfg.ray_compiled_graph, "ray": {k: report["enserve"][k] for k in
+                "compiled_graph": cfg.ray_compiled_graph, "fast_lane": cfg.ray_fast_lane,
+                "ray": {k: report["enserve"][k] for k in
                                    ("throughput", "p50_s", "p95_s", "rounds")},
                 "local": {k: report["baselines"]["local-engine"][k] for k in
                           ("throughput", "p50_s", "p95_s", "rounds")},

@@ -49,6 +49,7 @@ class BenchConfig:
     backend: str = "engine"  # "ray": the plan as Ray actors (enserve.runtime.ray)
     ray_address: str | None = None
     ray_compiled_graph: bool = False  # one node: batches through a Ray Compiled Graph
+    ray_fast_lane: bool = True  # small batches to actors on this node: enserve's own lane
 
     def level(self) -> float:
         return self.concurrency if self.mode == "closed" else self.rate
@@ -158,7 +159,8 @@ class BenchSession:
             return RayEngine(self.spec, plan, address=cfg.ray_address, max_batch=cfg.max_batch,
                              max_delay_s=cfg.max_delay_s,
                              inflight_batches=cfg.inflight_batches,
-                             compiled_graph=cfg.ray_compiled_graph).start()
+                             compiled_graph=cfg.ray_compiled_graph,
+                             fast_lane=cfg.ray_fast_lane).start()
         return Engine(self.spec, plan, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s,
                       inflight_batches=cfg.inflight_batches, pin=cfg.pin).start()
 
