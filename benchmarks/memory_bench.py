@@ -18,7 +18,9 @@ RSS counts shared pages once per process, PSS divides them among their sharers.
            throughput      closed loop, `--concurrency` callers, batches of 1, `--duration` s
   --cold   after the case's first engine stopped: page cache of the weight files dropped,
            read them (`read_s`), drop again, time a second Engine start + first answer
-           (fork servers already running, as for a server loading a second ensemble)
+           (fork servers already running, as for a server loading a second ensemble);
+           ONNX workers map their optimized copies, which this does not drop: use
+           `benchmarks/cold_start.py` for their cold start
   --second the same engine with a second resnet18 instance: what the tree's PSS grows by,
            and the PSS of resnet18's weight file mapping in each of its workers
 
@@ -39,6 +41,27 @@ from pathlib import Path
 from typing import Any
 
 MEMBERS = [("resnet18", 1), ("mobilenet_v3_large", 2), ("efficientnet_b0", 3)]
+
+# Page-cache helpers for the children: drop files from the cache, time reading them.
+DISK = textwrap.dedent('''
+    def drop(paths):
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    def read_s(paths):
+        start = time.perf_counter()
+        for p in paths:
+            with open(p, "rb", buffering=0) as f:
+                buf = bytearray(16 << 20)
+                while f.readinto(buf):
+                    pass
+        return time.perf_counter() - start
+
+''')
 
 CHILD = textwrap.dedent('''
     import json, os, sys, threading, time
@@ -89,23 +112,7 @@ CHILD = textwrap.dedent('''
         for t in threads: t.join()
         return sum(done) / duration
 
-    def drop(paths):
-        for p in paths:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-    def read_s(paths):
-        start = time.perf_counter()
-        for p in paths:
-            with open(p, "rb", buffering=0) as f:
-                buf = bytearray(16 << 20)
-                while f.readinto(buf):
-                    pass
-        return time.perf_counter() - start
-
+''') + DISK + textwrap.dedent('''
     args = json.loads(sys.argv[1])
     from enserve.spec import load_spec
     spec = load_spec(args["spec"])

@@ -45,6 +45,11 @@ class Member(ABC):
     def set_threads(self, threads: int) -> None:  # noqa: B027 - optional hook
         """Limit the intra-op threads this member uses (no-op where unsupported)."""
 
+    def known_output_shape(self) -> tuple[int, ...] | None:
+        """Its output shape `(-1, C…)` where the model declares it and running it once
+        first would set nothing up (a worker then skips its warm-up batch); else None."""
+        return None
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.run(self.preprocessor(batch))
         return np.ascontiguousarray(out, dtype=np.float32)

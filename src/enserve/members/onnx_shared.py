@@ -8,6 +8,13 @@ initializers in an external data file (`<cache>/ort/<model>-<key>.onnx` + `.data
 sessions load that optimized model with no further graph optimization, and ORT maps the
 external data file instead of copying it. The optimized graph may use kernels specific to
 this CPU, so the key covers the model's bytes, the ORT version and the CPU.
+
+Hashing the model's bytes costs a read of the whole file (0.06–0.2 s per member on a
+2-core EPYC), so the digest is remembered per file identity (path, device, inode, size,
+modification and change times) in `<cache>/ort/digests/`; a worker that starts again only
+stats the file. The optimized copy's weights are read ahead (`POSIX_FADV_WILLNEED`) while
+the session is created, so a cold page cache is read in one sequential pass instead of by
+page faults during the first run.
 """
 
 from __future__ import annotations
@@ -37,13 +44,42 @@ def _cpu_identity() -> str:
     return f"{platform.machine()}|{model}|{flags}"
 
 
+def model_digest(model: Path, root: Path) -> str:
+    """sha256 of the model's bytes, remembered under `root/digests` per file identity."""
+    st = model.stat()
+    identity = "|".join(str(v) for v in (model.resolve(), st.st_dev, st.st_ino, st.st_size,
+                                         st.st_mtime_ns, st.st_ctime_ns))
+    memo = root / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    with contextlib.suppress(OSError):
+        known = memo.read_text().strip()
+        if len(known) == 64:
+            return known
+    digest = _file_digest(model)
+    with contextlib.suppress(OSError):
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        partial = memo.with_name(f".{memo.name}.{os.getpid()}")
+        partial.write_text(digest)
+        os.replace(partial, memo)
+    return digest
+
+
 def optimized_path(model: Path, cache_dir: Path | None = None) -> Path:
     import onnxruntime as ort
 
+    root = (cache_dir if cache_dir is not None else default_cache_dir()) / "ort"
     key = hashlib.sha256("|".join(
-        [_file_digest(model), ort.__version__, _cpu_identity()]).encode()).hexdigest()[:24]
-    root = cache_dir if cache_dir is not None else default_cache_dir()
-    return root / "ort" / f"{model.stem}-{key}.onnx"
+        [model_digest(model, root), ort.__version__, _cpu_identity()]).encode()).hexdigest()[:24]
+    return root / f"{model.stem}-{key}.onnx"
+
+
+def read_ahead(path: Path) -> None:
+    """Ask the kernel to start reading `path` into the page cache (returns at once)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 def shared_model(model: Path, make_options: object, cache_dir: Path | None = None) -> Path:
@@ -55,6 +91,7 @@ def shared_model(model: Path, make_options: object, cache_dir: Path | None = Non
     final = optimized_path(model, cache_dir)
     data_name = final.with_suffix(".data").name
     if final.is_file() and final.with_suffix(".data").is_file():
+        read_ahead(final.with_suffix(".data"))
         return final
     work = final.parent / f".tmp-{os.getpid()}-{final.stem}"
     work.mkdir(parents=True, exist_ok=True)

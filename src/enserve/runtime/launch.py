@@ -28,12 +28,16 @@ from enserve.spec import EnsembleSpec
 
 Flavor = Literal["lean", "torch", "fused"]
 
+# Every flavor preloads this module too: a worker unpickles its process object, whose class
+# lives here, and importing it (with psutil and logging) in each worker cost 35-50 ms.
 PRELOAD: dict[Flavor, list[str]] = {
-    "lean": ["enserve.runtime.worker", "onnxruntime"],
+    "lean": ["enserve.runtime.worker", "onnxruntime", "enserve.runtime.launch",
+             "enserve.variants.load", "enserve.members.onnx_shared"],
     "torch": ["enserve.runtime.worker", "onnxruntime", "torch", "torchvision",
-              "enserve.members.loaders", "enserve.variants.build"],
+              "enserve.members.loaders", "enserve.variants.build", "enserve.runtime.launch"],
     # fx groups loaded from their folded-weights file: torch, no torchvision, no ORT
-    "fused": ["enserve.runtime.worker", "torch", "enserve.fusion.groups", "enserve.variants.fused"],
+    "fused": ["enserve.runtime.worker", "torch", "enserve.fusion.groups", "enserve.variants.fused",
+              "enserve.runtime.launch"],
 }
 
 _servers: dict[Flavor, SparedForkServer] = {}
