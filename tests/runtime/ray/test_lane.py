@@ -144,3 +144,35 @@ def test_closing_a_lane_returns_its_outstanding_tasks(lanes: tuple[Lanes, _Sink]
     finally:
         child.kill()
         child.wait()
+
+
+def test_an_instance_actors_lane_answers_as_its_run_does(lanes: tuple[Lanes, _Sink],
+                                                         tmp_path: Path) -> None:
+    """The real actor class (no Ray needed to build it): `ready` opens a lane that answers
+    as `run` does; a lane that cannot be opened leaves the actor ready, without one."""
+    from enserve.runtime.ray.actor import ActorConfig, InstanceActor
+    from enserve.spec import load_spec
+    from tests.helpers.models import FACTORY_FILE, random_batch
+
+    hub, sink = lanes
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "models.py").write_text(FACTORY_FILE)
+    (folder / "ensemble.yaml").write_text(
+        "name: t\ninputs: [{name: x, datatype: FP32, shape: [-1, 1, 8, 8]}]\n"
+        "members:\n  - {name: m, source: 'python:models.py:tiny10'}\ncombiner: mean_prob\n")
+    actor = InstanceActor(load_spec(folder), ActorConfig(0, "m", None, "cpu", 4, 1.0))
+    probe = {"x": random_batch(1)}
+    info = actor.ready(probe, (hub.folder, hub.token))
+    lane = hub.connect(info["lane"])
+    assert lane is not None
+    x = {"x": random_batch(7, seed=3)}
+    assert hub.send(lane, 1, "rows", x, 2, 7)
+    sink.wait(lambda: "rows" in sink.answers)
+    got, _ = sink.answers["rows"].result()
+    want, _ = actor.run(x, 2, 7)
+    np.testing.assert_array_equal(got["m"], want["m"])
+    too_long = tmp_path / ("d" * 110)  # a Unix socket path has at most 108 bytes
+    too_long.mkdir()
+    info = actor.ready(probe, (str(too_long), hub.token))
+    assert "lane" not in info and "too long" in info["lane_error"]

@@ -79,7 +79,10 @@ class InstanceActor:
         if lane is not None and os.path.isdir(lane[0]):  # not there: another machine
             from enserve.runtime.ray.lane import serve_lane
 
-            info["lane"] = serve_lane(lane[0], lane[1], self.run)
+            try:
+                info["lane"] = serve_lane(lane[0], lane[1], self.run)
+            except OSError as exc:  # e.g. a socket path too long: plain calls, still ready
+                info["lane_error"] = f"{type(exc).__name__}: {exc}"
         return info
 
     def run(self, inputs: dict[str, np.ndarray], start: int, stop: int

@@ -648,6 +648,8 @@ class RayEngine:
     def _open_lane(self, a: _Actor, generation: int, info: Mapping[str, Any]) -> int | None:
         """Connect to the fast lane `a` opened (no lock held: a socket handshake)."""
         path = info.get("lane")
+        if info.get("lane_error"):
+            log.warning("%s opened no fast lane (plain calls): %s", a.label, info["lane_error"])
         if self._lanes is None or not isinstance(path, str) or generation != a.generation:
             return None
         return self._lanes.connect(path)
