@@ -40,7 +40,7 @@ CHILD = textwrap.dedent('''
     names = [m.name for m in spec.members]
     cores = args["cores"]
     if args["case"] == "fused":
-        insts = [{"member": FusionGroup("fx", tuple(names), True).name, "variant": "fused-fx",
+        insts = [{"member": FusionGroup("fx", tuple(names), True).name, "variant": args["fused_variant"],
                   "share": cores}]
     else:
         insts = [{"member": n, "variant": "eager", "share": max(1, cores // len(names))} for n in names]
@@ -73,7 +73,8 @@ CHILD = textwrap.dedent('''
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
-    payload = {"case": case, "spec": str(args.spec), "cores": args.cores, "requests": args.requests}
+    payload = {"case": case, "spec": str(args.spec), "cores": args.cores, "requests": args.requests,
+               "fused_variant": args.fused_variant}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], capture_output=True,
                           text=True, timeout=args.timeout)
     for line in proc.stdout.splitlines():
@@ -89,6 +90,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--fused-variant", default="fused-fx",
+                   help="the fused worker's variant, e.g. fused-fx-cl-lanes (members side by side)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     results = []

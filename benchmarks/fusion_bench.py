@@ -7,7 +7,8 @@ median (peak RSS; PSS and USS after the timed batch). Ratios are to `separate` (
 reference executor: members one by one, numpy combine). fx variants map their folded
 weights from the cache file that the latency process writes on first use
 (`fx-cl-sources`: folded from freshly built sources instead); `separate-mapped`: members
-with their weights mapped, as the engine's eager workers load them.
+with their weights mapped, as the engine's eager workers load them; `fx-cl-lanes`: one
+folded graph per member, run side by side on `--threads` threads of one intra-op thread.
 
   .venv/bin/python benchmarks/fusion_bench.py --spec examples/imagenet6/ensemble.yaml
   .venv/bin/python benchmarks/fusion_bench.py --deep-resnet18 5 --variants separate,fx,horizontal
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("separate", "separate-mapped", "folded-each", "fx", "fx-cl", "fx-cl-sources", "fx-frozen",
-            "horizontal", "onnx")
+            "fx-cl-lanes", "horizontal", "onnx")
 
 
 def _deep_spec(count: int) -> Any:
@@ -58,6 +59,8 @@ def _load(spec: Any, variant: str, threads: int) -> Callable[[Any], Any]:
         return ReferenceExecutor(spec, members=members).infer
     if variant == "fx-cl-sources":  # folded from freshly built sources, no folded-weights file
         return load_fused(spec, names, "fx", threads, channels_last=True, mapped=False).infer
+    if variant == "fx-cl-lanes":  # one graph per member, `threads` lanes of 1 thread each
+        return load_fused(spec, names, "fx", threads, channels_last=True, lanes=True).infer
     if variant == "folded-each":
         parts = [load_fused(spec, [n], "fx", threads) for n in names]
         weights = spec.member_weights()

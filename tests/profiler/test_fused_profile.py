@@ -31,12 +31,12 @@ def test_fused_group_is_profiled_as_a_member(tiny_spec_path: Path, tmp_path: Pat
     assert profile.member_names() == ["tiny", "other", GROUP]
     group = next(m for m in data["members"] if m["name"] == GROUP)
     assert group["covers"] == ["tiny", "other"] and group["fusion_kind"] == "fx"
-    assert group["variants"] == ["fused-fx", "fused-fx-frozen"]
+    assert group["variants"] == ["fused-fx", "fused-fx-frozen", "fused-fx-cl-lanes"]
     assert all(c["admitted"] and c["rel_error"] < 1e-4 for c in group["checks"])
     keys = {(e.variant, e.batch_size) for e in profile.entries if e.member == GROUP}
-    assert keys == {(v, b) for v in ("fused-fx", "fused-fx-frozen") for b in (1, 4)}
+    assert keys == {(v, b) for v in ("fused-fx", "fused-fx-frozen", "fused-fx-cl-lanes") for b in (1, 4)}
     assert profile_groups(profile)[GROUP].covers == ("tiny", "other")
-    assert stats.measured_entries == 8
+    assert stats.measured_entries == 10  # 2 members and 3 group variants, batches 1 and 4
 
     again, stats = profile_spec_dict(tiny_spec_path, variants=["eager"], cache_dir=cache,
                                      fusion="auto", **FAST)  # type: ignore[arg-type]

@@ -55,6 +55,8 @@ PLANS = {
     # frozen TorchScript variant of the group, default variant of the member
     "frozen-mixed": _plan(("net_a_0", "eager", 8, 1), ("fx:net_b_1+net_c_2", "fused-fx-frozen",
                                                         8, 1)),
+    # the group's members side by side on two lanes (threads) of one worker
+    "lanes": _plan(("fx:net_a_0+net_b_1+net_c_2", "fused-fx-cl-lanes", 8, 2)),
 }
 
 

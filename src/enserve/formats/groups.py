@@ -18,7 +18,7 @@ GROUP_KINDS: tuple[GroupKind, ...] = ("fx", "horizontal", "onnx")
 FUSED_PREFIX = "fused-"
 #: Variants the profiler measures for each kind of group.
 KIND_VARIANTS: dict[GroupKind, tuple[str, ...]] = {
-    "fx": ("fused-fx", "fused-fx-frozen"),
+    "fx": ("fused-fx", "fused-fx-frozen", "fused-fx-cl-lanes"),
     "horizontal": ("fused-horizontal",),
     "onnx": ("fused-onnx",),
 }
@@ -70,7 +70,8 @@ def is_fused_variant(variant: str | None) -> bool:
 
 def variant_options(variant: str) -> dict[str, bool]:
     """`load_fused` keyword options a fused variant name stands for."""
-    return {"frozen": variant.endswith("-frozen"), "channels_last": "-cl" in variant}
+    return {"frozen": variant.endswith("-frozen"), "channels_last": "-cl" in variant,
+            "lanes": variant.endswith("-lanes")}
 
 
 def group_fingerprint(member_fingerprints: Sequence[str], kind: str, variant: str) -> str:

@@ -25,6 +25,7 @@ from enserve.fusion.folded import folded_members
 from enserve.fusion.fx import build_fx_group, freeze
 from enserve.fusion.graph_ops import TorchCombiner, TorchPreprocess
 from enserve.fusion.horizontal import StackedModule
+from enserve.fusion.lanes import LaneRunner
 from enserve.fusion.member import FusedMember, Runner
 from enserve.members.loaders import build_torch_module
 from enserve.members.onnx_member import make_session
@@ -94,6 +95,7 @@ def load_fused(
     combine_in_graph: bool | None = None,
     modules: Mapping[str, nn.Module] | None = None,
     mapped: bool = True,
+    lanes: bool = False,
     cache_dir: Path | None = None,
 ) -> FusedMember:
     """Load `members` of `spec` fused as `kind`.
@@ -108,6 +110,9 @@ def load_fused(
     tensors): the folded weights are written once to a file in `cache_dir` (default: the
     enserve cache) and mapped from it, so later loads never build the sources
     (`enserve.fusion.folded`).
+
+    `lanes` (fx, not frozen): one graph per member, run side by side on `threads` threads
+    of one intra-op thread each (`enserve.fusion.lanes`).
     """
     if kind not in FUSION_KINDS:
         raise SpecError(f"unknown fusion kind '{kind}' (expected one of {', '.join(FUSION_KINDS)})")
@@ -131,6 +136,12 @@ def load_fused(
     if any(m.kind == "onnx" for m in specs):
         raise SpecError(f"{name}: ONNX members can't join a '{kind}' group")
     variant = f"fused-{kind}"
+    if kind == "fx" and lanes:
+        if frozen:
+            raise SpecError(f"{name}: lanes run fx graphs, not a frozen one")
+        return _fx_lanes(spec, specs, name, input_index, combiner, threads or 1, fold=fold,
+                         channels_last=channels_last, modules=modules, mapped=mapped,
+                         cache_dir=cache_dir)
     if kind == "fx":
         pre = {m.name: TorchPreprocess(m.preprocess) for m in specs}
         folded = (folded_members(spec, list(members), channels_last, cache_dir)
@@ -157,6 +168,28 @@ def load_fused(
         module = _HorizontalGroup(stacked, combiner).eval()
         size = stacked.tensor_bytes()
     return FusedMember(name, kind, spec, members, _torch_runner(module), size, _torch_threads, variant)
+
+
+def _fx_lanes(spec: EnsembleSpec, specs: list[MemberSpec], name: str, input_index: dict[str, int],
+              combiner: TorchCombiner | None, lanes: int, *, fold: bool, channels_last: bool,
+              modules: Mapping[str, nn.Module] | None, mapped: bool,
+              cache_dir: Path | None) -> FusedMember:
+    """One folded fx graph per member (weights mapped from the group's folded file, as for
+    the single graph), run side by side by a `LaneRunner`."""
+    names = [m.name for m in specs]
+    from_file = fold and mapped and not modules
+    folded = folded_members(spec, names, channels_last, cache_dir) if from_file else None
+    sources = folded if folded is not None else _sources(spec, specs, modules)
+    graphs: list[nn.Module] = []
+    for m in specs:  # each source is folded and released before the next one
+        gm, _ = build_fx_group({m.name: sources.pop(m.name)}, {m.name: TorchPreprocess(m.preprocess)},
+                               {m.name: input_index[m.name]}, None, fold=fold and folded is None,
+                               channels_last=channels_last, consume=True)
+        graphs.append(gm)
+    sizes = [_module_bytes(g) for g in graphs]
+    runner = LaneRunner(graphs, sizes, combiner, lanes)
+    variant = "fused-fx" + ("-cl" if channels_last else "") + "-lanes"
+    return FusedMember(name, "fx", spec, names, runner, sum(sizes), runner.set_lanes, variant)
 
 
 def _frozen(spec: EnsembleSpec, gm: nn.Module, used_inputs: list[str]) -> nn.Module:

@@ -1,5 +1,5 @@
 """Fused groups as execution variants: build one (`fused-fx`, `fused-fx-frozen`,
-`fused-horizontal`, `fused-onnx`) and check it against the reference members.
+`fused-fx-cl-lanes`, `fused-horizontal`, `fused-onnx`) and check it against the reference members.
 
 A group's "member" name is its `FusionGroup` name (`fx:cnn+mlp`); see
 `enserve.plan.fusion`.
@@ -51,7 +51,8 @@ def load_fused_variant(spec: EnsembleSpec, name: str, variant: str | None = None
     options = variant_options(variant)
     fused = load_fused(spec, group.covers, group.kind, max(1, threads),
                        combine_in_graph=False, frozen=options["frozen"],
-                       channels_last=options["channels_last"], cache_dir=cache_dir)
+                       channels_last=options["channels_last"], lanes=options["lanes"],
+                       cache_dir=cache_dir)
     fused.variant = variant
     return fused
 
