@@ -154,12 +154,15 @@ class _ThroughputLP:
         self._highs = quiet_highs()
         self._highs.setOptionValue("threads", 1)
         self._highs.passModel(lp)
-        self._k = k
-        self._columns = np.arange(k, dtype=np.int32)
+        self._upper = np.zeros(k)  # the columns' upper bounds as last set
 
     def solve(self, counts: IntArray) -> tuple[float, FloatArray]:
         h = self._highs
-        h.changeColsBounds(self._k, self._columns, np.zeros(self._k), counts.astype(np.float64))
+        upper = counts.astype(np.float64)
+        changed = np.flatnonzero(upper != self._upper).astype(np.int32)
+        if len(changed):  # only the bounds that differ from the last solve's
+            h.changeColsBounds(len(changed), changed, np.zeros(len(changed)), upper[changed])
+            self._upper = upper
         h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             raise RuntimeError(f"throughput LP: {h.modelStatusToString(h.getModelStatus())}")

@@ -271,20 +271,32 @@ def _dominates(a: Option, b: Option, latency_matters: bool) -> bool:
 
 
 def _prune_dominated(options: list[Option], latency_matters: bool) -> list[Option]:
+    """Drop the options another of the same member on the same device dominates
+    (`_dominates`; of two that dominate each other, the first is kept)."""
     groups: dict[tuple[str, str], list[Option]] = {}
     for option in options:
         groups.setdefault((option.member, option.device), []).append(option)
     kept: list[Option] = []
     for group in groups.values():
-        for i, b in enumerate(group):
-            dominated = any(
-                _dominates(a, b, latency_matters) and (not _dominates(b, a, latency_matters) or j < i)
-                for j, a in enumerate(group)
-                if j != i
-            )
-            if not dominated:
-                kept.append(b)
+        dominated = _dominated_in(group, latency_matters)
+        kept.extend(b for b, gone in zip(group, dominated, strict=True) if not gone)
     return kept
+
+
+def _dominated_in(group: list[Option], latency_matters: bool) -> BoolArray:
+    """For each option: does another dominate it (`_dominates`, all pairs at once)?"""
+    cap = np.array([o.capacity for o in group])
+    share = np.array([o.share for o in group], dtype=np.float64)
+    mem = np.array([o.memory_bytes for o in group], dtype=np.float64)
+    dom = ((cap[:, None] >= cap[None, :] * (1 - EPS)) & (share[:, None] <= share[None, :] + EPS)
+           & (mem[:, None] <= mem[None, :]))  # dom[a, b]: a dominates b
+    if latency_matters:
+        lat = np.array([o.latency_s for o in group])
+        dom &= lat[:, None] <= lat[None, :] * (1 + EPS)
+    index = np.arange(len(group))
+    beats = dom & (~dom.T | (index[:, None] < index[None, :]))
+    np.fill_diagonal(beats, False)
+    return np.asarray(beats.any(axis=0), dtype=np.bool_)
 
 
 def format_bytes(count: float) -> str:

@@ -71,11 +71,13 @@ def aggregates(problem: Problem, counts: IntArray) -> Aggregates:
     top_latency = np.zeros((n_dev, _TOP))
     top_option = np.full((n_dev, _TOP), -1, dtype=np.int64)
     present = np.flatnonzero(counts > 0)
-    for d in range(n_dev):
-        here = present[dev[present] == d]
-        slowest = here[np.argsort(-problem.lat[here], kind="stable")][:_TOP]
-        top_option[d, : len(slowest)] = slowest
-        top_latency[d, : len(slowest)] = problem.lat[slowest]
+    # per device, the present options slowest first (ties: in option order), the first _TOP
+    ranked = present[np.lexsort((-problem.lat[present], dev[present]))]
+    on = dev[ranked]
+    rank = np.arange(len(ranked)) - np.searchsorted(on, on)
+    top = rank < _TOP
+    top_option[on[top], rank[top]] = ranked[top]
+    top_latency[on[top], rank[top]] = problem.lat[ranked[top]]
     return Aggregates(
         counts=counts,
         capacity=member_capacities(problem, counts),
@@ -121,18 +123,28 @@ def _device_totals(problem: Problem, agg: Aggregates, rem: IntArray,
     """Memory, instance count and share sum per device after each move, (N, D) each."""
     n = len(rem)
     rows = np.arange(n)
-    memory = np.repeat(agg.memory[None], n, axis=0)
-    count = np.repeat(agg.count[None], n, axis=0)
-    share_sum = np.repeat(agg.share_sum[None], n, axis=0)
+    # (N, D, 3): memory, count and share sum, updated together (one indexed add per column)
+    totals = np.repeat(np.stack([agg.memory, agg.count, agg.share_sum], axis=1)[None], n, axis=0)
+    per_option = _per_option_totals(problem)
     for column, sign in [(c, -1.0) for c in rem.T] + [(c, 1.0) for c in add.T]:
         on = column >= 0
         k = np.where(on, column, 0)
         w = on * sign
-        d = problem.opt_device[k]
-        memory[rows, d] += w * problem.mem[k]
-        count[rows, d] += w
-        share_sum[rows, d] += w * problem.share[k]
-    return memory, count, share_sum
+        totals[rows, problem.opt_device[k]] += w[:, None] * per_option[k]
+    return totals[:, :, 0], totals[:, :, 1], totals[:, :, 2]
+
+
+_PER_OPTION: weakref.WeakKeyDictionary[Problem, FloatArray] = weakref.WeakKeyDictionary()
+
+
+def _per_option_totals(problem: Problem) -> FloatArray:
+    """(K, 3): what one instance of each option adds to its device's memory, instance
+    count and share sum."""
+    found = _PER_OPTION.get(problem)
+    if found is None:
+        found = _PER_OPTION[problem] = np.stack(
+            [problem.mem, np.ones(len(problem.mem)), problem.share], axis=1)
+    return found
 
 
 def evaluate_moves(problem: Problem, agg: Aggregates, rem: IntArray, add: IntArray) -> MoveScores:
@@ -228,7 +240,10 @@ def _score_valid(problem: Problem, agg: Aggregates, rem: IntArray, add: IntArray
         gone = on & (agg.counts[np.where(on, k, 0)] <= times)
         d = problem.opt_device[np.where(on, k, 0)]
         removed[rows[gone], d[gone]] |= agg.top_option[d[gone]] == k[gone][:, None]
-    slowest = np.where(removed, 0.0, agg.top_latency[None]).max(axis=2)
+    # the slowest present option left: the first of the (descending) three not removed
+    top = agg.top_latency
+    slowest = np.where(removed[:, :, 0], np.where(removed[:, :, 1], np.where(
+        removed[:, :, 2], 0.0, top[:, 2]), top[:, 1]), top[:, 0])
     for k in add.T:
         on = k >= 0
         d = problem.opt_device[np.where(on, k, 0)]
@@ -266,14 +281,25 @@ def best_improvement(matrix: FloatArray) -> int | None:
     with np.errstate(invalid="ignore"):
         quantized = np.round(matrix / (scale * _REL_RESOLUTION))
     quantized[~np.isfinite(matrix)] = -np.inf
-    order = np.lexsort(quantized.T[::-1])
-    best = int(order[-1])
+    best = _lexicographic_argmax(quantized)
     with np.errstate(invalid="ignore"):
         diff = quantized[best] - quantized[0]
     nonzero = np.flatnonzero(np.nan_to_num(diff, nan=0.0) != 0)
     if best == 0 or len(nonzero) == 0 or diff[nonzero[0]] <= 0:
         return None
     return best
+
+
+def _lexicographic_argmax(matrix: FloatArray) -> int:
+    """`np.lexsort(matrix.T[::-1])[-1]`: the lexicographically largest row (the last of
+    equal ones), without sorting: keep the rows at the maximum, column after column."""
+    rows = np.arange(len(matrix))
+    for column in matrix.T:
+        if len(rows) == 1:
+            break
+        values = column[rows]
+        rows = rows[values == values.max()]
+    return int(rows[-1])
 
 
 def neighbourhood(problem: Problem, agg: Aggregates, clean: bool) -> tuple[IntArray, IntArray]:
@@ -380,9 +406,11 @@ def _with_exact_throughput(problem: Problem, agg: Aggregates, rem: IntArray, add
     over = scores.oversubscribed & scores.valid
     if not over.any():
         return scores
-    matrix = score_matrix(problem, scores, clean)
-    order = np.lexsort(matrix.T[::-1])[::-1]
-    chosen = [int(j) for j in order[over[order] & (order != 0)][:LP_PER_STEP]]
+    candidates = np.flatnonzero(over)  # ranked alone: lexsort is stable, so their order
+    # is the one they have in the ranking of every move
+    matrix = score_matrix(problem, scores, clean)[candidates]
+    order = candidates[np.lexsort(matrix.T[::-1])[::-1]]
+    chosen = [int(j) for j in order[order != 0][:LP_PER_STEP]]
     if over[0]:
         chosen.append(0)
     x = scores.throughput.copy()
@@ -466,7 +494,7 @@ def current_score(problem: Problem, counts: IntArray, clean: bool = True) -> Flo
     agg = aggregates(problem, counts)
     none = np.array([-1], dtype=np.int64)
     scores = evaluate_moves(problem, agg, none, none)
-    x = np.array([throughput_and_load(problem, counts)[0]])
+    x = np.array([_lp_throughput(problem, counts)])
     return score_matrix(problem, replace(scores, throughput=x), clean)[0]
 
 

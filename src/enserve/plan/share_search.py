@@ -31,107 +31,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from enserve.plan.cost import member_capacities, throughput
 from enserve.plan.problem import IntArray, Problem
 from enserve.plan.search import better, climb, current_score
+from enserve.plan.share_tables import FRONT, Grid, grid_of, member_table
 
-MAX_CELLS = 400  # share grid cells per device the dynamic program accepts
-FRONT = 24  # Pareto points kept per (member, units) state
 TARGET_STEPS = 12  # bisection steps on the target throughput, at most
 TARGET_TOLERANCE = 1e-2  # stop bisecting once the bracket is this narrow (relative): the
 # climb after a refill polishes the last percent, and bisection steps are most of the time
 MAX_ROUNDS = 8
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """A device's options and shares expressed in grid cells."""
-
-    options: IntArray  # option ids on the device
-    cells: IntArray  # share of each, in cells
-    total: int  # cells the device has
-
-
-def _grid(problem: Problem, device: int) -> _Grid | None:
-    opts = problem.options_on(device)
-    if not len(opts):
-        return None
-    shares = problem.share[opts]
-    for scale in (1.0, 10.0):
-        scaled = shares * scale
-        if np.allclose(scaled, np.round(scaled), atol=1e-6):
-            ints = np.round(scaled).astype(np.int64)
-            step = int(np.gcd.reduce(ints))
-            if step <= 0:
-                return None
-            total = math.floor(problem.units[device] * scale / step + 1e-9)
-            if total > MAX_CELLS:
-                return None
-            return _Grid(opts, ints // step, total)
-    return None
-
-
-def _member_table(problem: Problem, grid: _Grid, member: int,
-                  deficit: float) -> list[tuple[float, tuple[int, ...]] | None]:
-    """For u = 0..total cells: (least memory, options used) covering `deficit` with at most
-    u cells of the member's options on the device; None where impossible."""
-    mine = np.flatnonzero(problem.opt_member[grid.options] == member)
-    table: list[tuple[float, tuple[int, ...]] | None] = [None] * (grid.total + 1)
-    if deficit <= 0:
-        return [(0.0, ())] * (grid.total + 1)
-    if not len(mine):
-        return table
-    # front[u]: Pareto list of (capacity capped at deficit, memory, options) using exactly u cells
-    front: list[list[tuple[float, float, tuple[int, ...]]]] = [[] for _ in range(grid.total + 1)]
-    front[0] = [(0.0, 0.0, ())]
-    need = deficit * (1 - 1e-9)
-    for u in range(1, grid.total + 1):
-        candidates: list[tuple[float, float, tuple[int, ...]]] = []
-        for j in mine:
-            c = int(grid.cells[j])
-            if c > u or c <= 0:
-                continue
-            k = int(grid.options[j])
-            for cap, mem, used in front[u - c]:
-                if cap >= need or (used and used[-1] > k):  # complete, or not canonical order
-                    continue
-                candidates.append((min(deficit, cap + problem.cap[k]), mem + problem.mem[k],
-                                   (*used, k)))
-        front[u] = _pareto(candidates)
-    best: tuple[float, tuple[int, ...]] | None = None
-    for u in range(grid.total + 1):
-        for cap, mem, used in front[u]:
-            if cap >= need and (best is None or mem < best[0]):
-                best = (mem, used)
-        table[u] = best
-    return table
-
-
-def _pareto(points: list[tuple[float, float, tuple[int, ...]]]
-            ) -> list[tuple[float, float, tuple[int, ...]]]:
-    """Points not beaten on both capacity (higher) and memory (lower); at most FRONT."""
-    points.sort(key=lambda p: (-p[0], p[1]))
-    kept: list[tuple[float, float, tuple[int, ...]]] = []
-    least = math.inf
-    for p in points:
-        if p[1] < least - 0.5:
-            kept.append(p)
-            least = p[1]
-    if len(kept) > FRONT:  # keep the extremes and an even spread between them
-        picks = np.unique(np.linspace(0, len(kept) - 1, FRONT).round().astype(int))
-        kept = [kept[i] for i in picks]
-    return kept
-
-
 def refill(problem: Problem, counts: IntArray, device: int, target: float,
-           grid: _Grid | None = None) -> IntArray | None:
+           grid: Grid | None = None) -> IntArray | None:
     """`counts` with `device` emptied and refilled so every member reaches `target`
     (see the module docstring); None if the device cannot cover the deficits."""
-    grid = grid if grid is not None else _grid(problem, device)
+    grid = grid if grid is not None else grid_of(problem, device)
     if grid is None:
         return None
     base = counts.copy()
@@ -139,7 +57,7 @@ def refill(problem: Problem, counts: IntArray, device: int, target: float,
     other = member_capacities(problem, base)
     combined: list[tuple[float, tuple[int, ...]] | None] = [(0.0, ())] + [None] * grid.total
     for member in range(problem.n_members):
-        table = _member_table(problem, grid, member, target - other[member])
+        table = member_table(problem, grid, member, target - other[member])
         if all(t is None for t in table):
             return None
         merged: list[tuple[float, tuple[int, ...]] | None] = [None] * (grid.total + 1)
@@ -167,7 +85,7 @@ def refill(problem: Problem, counts: IntArray, device: int, target: float,
 def best_refill(problem: Problem, counts: IntArray, device: int) -> IntArray | None:
     """The refill of `device` for the largest target it can cover (binary search), or None
     if it cannot reach the current throughput."""
-    grid = _grid(problem, device)
+    grid = grid_of(problem, device)
     if grid is None:
         return None
     empty = counts.copy()
@@ -202,7 +120,7 @@ def _search(current: float, upper: float,
     return best
 
 
-def _max_add(problem: Problem, grid: _Grid, member: int) -> float:
+def _max_add(problem: Problem, grid: Grid, member: int) -> float:
     """Most samples/s the member's options on the device could give with all its cells."""
     mine = np.flatnonzero(problem.opt_member[grid.options] == member)
     if not len(mine):
@@ -217,7 +135,7 @@ def refill_pair(problem: Problem, counts: IntArray, first: int, second: int,
     each member's deficit is covered on one of the two (the local search may split it
     afterwards). A dynamic program over (cells used on each device) keeps the Pareto front
     of (memory on each device). None if no assignment covers the deficits."""
-    grid_a, grid_b = _grid(problem, first), _grid(problem, second)
+    grid_a, grid_b = grid_of(problem, first), grid_of(problem, second)
     if grid_a is None or grid_b is None:
         return None
     base = counts.copy()
@@ -233,7 +151,7 @@ def refill_pair(problem: Problem, counts: IntArray, first: int, second: int,
             continue
         choices = []  # (device slot, cells, memory, options)
         for slot, grid in ((0, grid_a), (1, grid_b)):
-            for u, item in enumerate(_breakpoints(_member_table(problem, grid, member, deficit))):
+            for u, item in enumerate(_breakpoints(member_table(problem, grid, member, deficit))):
                 if item is not None:
                     choices.append((slot, u, item[0], item[1]))
         if not choices:
@@ -289,7 +207,7 @@ def _pareto2(points: list[tuple[float, float, tuple[int, ...]]]
 def best_refill_pair(problem: Problem, counts: IntArray, first: int,
                      second: int) -> IntArray | None:
     """The pair refill for the largest target it can cover (binary search), or None."""
-    grid_a, grid_b = _grid(problem, first), _grid(problem, second)
+    grid_a, grid_b = grid_of(problem, first), grid_of(problem, second)
     if grid_a is None or grid_b is None:
         return None
     empty = counts.copy()
@@ -310,9 +228,14 @@ def improve(problem: Problem, counts: IntArray) -> IntArray:
     best, best_score = counts, current_score(problem, counts, clean=False)
     moves: list[tuple[int, ...]] = [(d,) for d in range(problem.n_devices)]
     moves += [(a, b) for a in range(problem.n_devices) for b in range(a + 1, problem.n_devices)]
+    version = 0  # bumped whenever `best` changes
+    seen: dict[tuple[int, ...], int] = {}  # move -> version of `best` it was last tried on
     for _ in range(MAX_ROUNDS):
         changed = False
         for devices in moves:
+            if seen.get(devices) == version:
+                continue  # same plan as when it was tried and did not help: same answer
+            seen[devices] = version
             if len(devices) == 1:
                 found = best_refill(problem, best, devices[0])
             else:
@@ -323,6 +246,7 @@ def improve(problem: Problem, counts: IntArray) -> IntArray:
             score = current_score(problem, found, clean=False)
             if better(score, best_score):
                 best, best_score, changed = found, score, True
+                version += 1
         if not changed:
             break
     return best
