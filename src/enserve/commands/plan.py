@@ -47,8 +47,9 @@ def register(sub: Any) -> None:
                    help="with a SPEC: measure every setting (minutes) instead of profiling "
                         "adaptively (measure a few, model the rest, refine what the plan uses)")
     p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
-                   help="with a SPEC: stop the adaptive profiler's refinement once S seconds have "
-                        "passed since the start, admission checks included (default 60)")
+                   help="with a SPEC: the adaptive profiler's time from the start, admission checks "
+                        "included; it stops measuring with 13%% of it left, so that the plan "
+                        "lands within S (default 60)")
     p.add_argument("--profile-out", type=Path, default=None,
                    help="with a SPEC: also save the profile it planned from")
     p.add_argument("--precision", choices=("auto", "fp32"), default="auto",

@@ -58,8 +58,8 @@ def register(sub: Any) -> None:
                         "size and share) and measure more only where the plan's choice is "
                         "close; entries the model filled carry \"modelled\": true")
     p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
-                   help="--adaptive: stop refining once S seconds have passed since the start, "
-                        "admission checks included (default 60)")
+                   help="--adaptive: time from the start, admission checks included; measuring "
+                        "stops with 13%% of it left (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
