@@ -20,6 +20,7 @@ page faults during the first run.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import platform
@@ -63,20 +64,35 @@ def model_digest(model: Path, root: Path) -> str:
     return digest
 
 
-def optimized_path(model: Path, cache_dir: Path | None = None) -> Path:
-    import onnxruntime as ort
+def _ort_version() -> str:
+    """ONNX Runtime's version from its package metadata (no import: the engine computes
+    the paths too); the module's own `__version__` where the metadata is missing."""
+    from importlib import metadata
 
+    try:
+        return metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        import onnxruntime as ort
+
+        return str(ort.__version__)
+
+
+def optimized_path(model: Path, cache_dir: Path | None = None) -> Path:
     root = (cache_dir if cache_dir is not None else default_cache_dir()) / "ort"
     key = hashlib.sha256("|".join(
-        [model_digest(model, root), ort.__version__, _cpu_identity()]).encode()).hexdigest()[:24]
+        [model_digest(model, root), _ort_version(), _cpu_identity()]).encode()).hexdigest()[:24]
     return root / f"{model.stem}-{key}.onnx"
 
 
 def read_ahead(path: Path) -> None:
-    """Ask the kernel to start reading `path` into the page cache (returns at once)."""
+    """Ask the kernel to start reading `path` into the page cache (returns at once), unless
+    the file is locked: the engine is reading its workers' files in order
+    (`runtime.prefetch`) and a read here would share the disk with the file before it."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)

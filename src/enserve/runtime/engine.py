@@ -61,6 +61,7 @@ from enserve.runtime.placement import (
     default_configs,
     execution_units,
 )
+from enserve.runtime.prefetch import OrderedRead, start_ordered_read
 from enserve.runtime.restarts import RestartPolicy
 from enserve.runtime.shm import Arena, ArrayField
 from enserve.runtime.stats import EngineCounters, instance_summary, member_summary, percentiles
@@ -165,6 +166,7 @@ class Engine:
         self._calibration_ids = itertools.count(1)
         self._inputs: Arena | None = None
         self._threads: list[threading.Thread] = []
+        self._prefetch: OrderedRead | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Engine:
@@ -178,6 +180,11 @@ class Engine:
             self._dispatcher.inputs = self._inputs
             if self._exclusive_cores:
                 self._lock_dir = create_lock_dir(self.cores)
+            from enserve.runtime.launch import weight_files
+
+            self._prefetch = start_ordered_read([  # biggest member's weights first
+                weight_files(self.spec, c.member, c.variant, c.device, self.cache_dir)
+                for c in self.configs])
             for h in self._handles:
                 h.start(self._ctx, self.spec, self._inputs.layout, None, self._lock_dir,
                         self.cache_dir)
@@ -508,6 +515,8 @@ class Engine:
             with contextlib.suppress(OSError):
                 os.close(fd)
         remove_lock_dir(self._lock_dir)
+        if self._prefetch is not None:
+            self._prefetch.close()
         for arena in (self._inputs, self._book.outputs):
             if arena is not None:
                 arena.unlink()

@@ -14,6 +14,7 @@ safe (nothing is forked after torch started threads). Each server keeps a spare 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -228,3 +229,28 @@ def needs_torch(spec: EnsembleSpec, member: str, variant: str | None, device: st
     from enserve.variants.load import cached_onnx
 
     return cached_onnx(spec, member_spec, cache_dir) is None
+
+
+def weight_files(spec: EnsembleSpec, member: str, variant: str | None, device: str = "cpu",
+                 cache_dir: Path | None = None) -> list[Path]:
+    """The files an ONNX Runtime instance of `member` will map (its model's optimized
+    copy: `.onnx` and `.data`), where they exist; [] for anything else. Imports no ORT."""
+    from enserve.formats.groups import parse_group_name
+
+    if not device.startswith("cpu") or parse_group_name(member) is not None:
+        return []
+    from enserve.members.onnx_shared import optimized_path
+    from enserve.variants.load import cached_onnx
+    from enserve.variants.names import default_variant
+
+    model: Path | None = None
+    with contextlib.suppress(Exception):  # best effort: the worker reads them anyway
+        member_spec = spec.member(member)
+        if member_spec.kind == "onnx":
+            model = spec.resolve_path(member_spec.target, member)
+        elif (default_variant(member_spec) if variant is None else variant) == "onnx":
+            model = cached_onnx(spec, member_spec, cache_dir)
+        if model is not None:
+            final = optimized_path(model)
+            return [p for p in (final, final.with_suffix(".data")) if p.is_file()]
+    return []

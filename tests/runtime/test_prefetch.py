@@ -1,0 +1,118 @@
+"""The engine's ordered read of the workers' weight files (`runtime.prefetch`)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from enserve.members.onnx_member import OnnxMember
+from enserve.members.onnx_shared import read_ahead
+from enserve.runtime.launch import weight_files
+from enserve.runtime.prefetch import OrderedRead, read_order, read_whole
+from enserve.spec import spec_from_dict
+from tests.helpers.onnx_models import write_linear_onnx
+
+
+def _file(path: Path, size: int) -> Path:
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_small_model_files_first_then_biggest_member(tmp_path: Path) -> None:
+    small = [_file(tmp_path / f"{n}.onnx", 10) for n in ("a", "b", "c")]
+    data = [_file(tmp_path / f"{n}.data", s) for n, s in (("a", 200), ("b", 900), ("c", 500))]
+    missing = [tmp_path / "gone.onnx", tmp_path / "gone.data"]
+    groups = [[small[0], data[0]], [small[1], data[1]], missing, [], [small[2], data[2]]]
+    assert read_order(groups) == [*small, data[1], data[2], data[0]]
+
+
+def test_repeated_files_read_once(tmp_path: Path) -> None:
+    f = _file(tmp_path / "a.data", 100)
+    assert read_order([[f], [f]]) == [f]
+
+
+def test_reads_in_order_and_unlocks_each_file_after_its_read(tmp_path: Path) -> None:
+    files = [_file(tmp_path / f"{n}.data", 100) for n in "abc"]
+    seen: list[tuple[int, int]] = []
+    go = threading.Event()
+
+    def fake_read(fd: int) -> None:
+        go.wait(10)
+        seen.append((os.fstat(fd).st_ino, len(seen)))
+
+    reader = OrderedRead(files, read=fake_read)
+    fd = os.open(files[2], os.O_RDONLY)
+    try:  # locked while queued: a worker's read-ahead would fail to take it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            raise AssertionError("queued file not locked")
+        except BlockingIOError:
+            pass
+        go.set()
+        assert reader.wait(10)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free once read
+    finally:
+        os.close(fd)
+    assert [ino for ino, _ in seen] == [f.stat().st_ino for f in files]
+
+
+def test_close_drops_unread_files(tmp_path: Path) -> None:
+    files = [_file(tmp_path / f"{n}.data", 100) for n in "ab"]
+    started, go = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def fake_read(fd: int) -> None:
+        started.set()
+        go.wait(10)
+        seen.append(os.fstat(fd).st_ino)
+
+    reader = OrderedRead(files, read=fake_read)
+    started.wait(10)
+    reader.close(timeout_s=0)  # while the first file is being read
+    go.set()
+    reader.close(timeout_s=10)
+    assert seen == [files[0].stat().st_ino]
+
+
+def test_worker_read_ahead_leaves_a_locked_file_alone(tmp_path: Path, monkeypatch) -> None:
+    f = _file(tmp_path / "a.data", 100)
+    advised: list[int] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, *a: advised.append(fd))
+    holder = os.open(f, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        read_ahead(f)
+        assert advised == []
+    finally:
+        os.close(holder)
+    read_ahead(f)
+    assert len(advised) == 1
+
+
+def test_read_whole_reads_every_byte(tmp_path: Path) -> None:
+    f = _file(tmp_path / "a.data", 3 << 20)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        read_whole(fd)  # no error, returns after the whole file
+    finally:
+        os.close(fd)
+
+
+def test_weight_files_are_the_optimized_copy_once_written(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    write_linear_onnx(tmp_path / "m.onnx", 300, 5, seed=1)  # weights big enough to store apart
+    spec = spec_from_dict(
+        {"name": "one", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 10, 10]}],
+         "members": [{"name": "m", "source": "onnx:m.onnx"}], "combiner": "mean_prob"},
+        base_dir=tmp_path, where=str(tmp_path / "ensemble.yaml"))
+    assert weight_files(spec, "m", None) == []  # not optimized yet: the worker writes it
+    OnnxMember("m", tmp_path / "m.onnx")
+    found = weight_files(spec, "m", None)
+    assert [p.suffix for p in found] == [".onnx", ".data"]
+    assert all(p.is_relative_to(tmp_path / "cache") for p in found)
+    assert weight_files(spec, "m", None, device="cuda:0") == []
