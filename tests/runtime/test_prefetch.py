@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from enserve.members import onnx_shared
 from enserve.members.onnx_member import OnnxMember
 from enserve.members.onnx_shared import read_ahead
 from enserve.runtime.launch import weight_files
@@ -110,7 +111,11 @@ def test_weight_files_are_the_optimized_copy_once_written(tmp_path: Path,
         {"name": "one", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 10, 10]}],
          "members": [{"name": "m", "source": "onnx:m.onnx"}], "combiner": "mean_prob"},
         base_dir=tmp_path, where=str(tmp_path / "ensemble.yaml"))
-    assert weight_files(spec, "m", None) == []  # not optimized yet: the worker writes it
+    hashed: list[Path] = []
+    with monkeypatch.context() as patched:  # not optimized yet: the worker hashes and writes it
+        patched.setattr(onnx_shared, "_file_digest", lambda path: hashed.append(path) or "0" * 64)
+        assert weight_files(spec, "m", None) == []
+    assert hashed == []  # the engine reads none of the model's bytes
     OnnxMember("m", tmp_path / "m.onnx")
     found = weight_files(spec, "m", None)
     assert [p.suffix for p in found] == [".onnx", ".data"]

@@ -45,16 +45,27 @@ def _cpu_identity() -> str:
     return f"{platform.machine()}|{model}|{flags}"
 
 
-def model_digest(model: Path, root: Path) -> str:
-    """sha256 of the model's bytes, remembered under `root/digests` per file identity."""
+def _memo(model: Path, root: Path) -> Path:
     st = model.stat()
     identity = "|".join(str(v) for v in (model.resolve(), st.st_dev, st.st_ino, st.st_size,
                                          st.st_mtime_ns, st.st_ctime_ns))
-    memo = root / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    return root / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def _remembered(memo: Path) -> str | None:
     with contextlib.suppress(OSError):
         known = memo.read_text().strip()
         if len(known) == 64:
             return known
+    return None
+
+
+def model_digest(model: Path, root: Path) -> str:
+    """sha256 of the model's bytes, remembered under `root/digests` per file identity."""
+    memo = _memo(model, root)
+    known = _remembered(memo)
+    if known is not None:
+        return known
     digest = _file_digest(model)
     with contextlib.suppress(OSError):
         memo.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +90,20 @@ def _ort_version() -> str:
 
 def optimized_path(model: Path, cache_dir: Path | None = None) -> Path:
     root = (cache_dir if cache_dir is not None else default_cache_dir()) / "ort"
+    return _keyed(model, root, model_digest(model, root))
+
+
+def known_optimized_path(model: Path, cache_dir: Path | None = None) -> Path | None:
+    """`optimized_path` where the model's digest is remembered already, else None (reads
+    none of the model's bytes: the engine asks this before its workers start)."""
+    root = (cache_dir if cache_dir is not None else default_cache_dir()) / "ort"
+    digest = _remembered(_memo(model, root))
+    return None if digest is None else _keyed(model, root, digest)
+
+
+def _keyed(model: Path, root: Path, digest: str) -> Path:
     key = hashlib.sha256("|".join(
-        [model_digest(model, root), _ort_version(), _cpu_identity()]).encode()).hexdigest()[:24]
+        [digest, _ort_version(), _cpu_identity()]).encode()).hexdigest()[:24]
     return root / f"{model.stem}-{key}.onnx"
 
 

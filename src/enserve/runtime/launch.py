@@ -239,7 +239,7 @@ def weight_files(spec: EnsembleSpec, member: str, variant: str | None, device: s
 
     if not device.startswith("cpu") or parse_group_name(member) is not None:
         return []
-    from enserve.members.onnx_shared import optimized_path
+    from enserve.members.onnx_shared import known_optimized_path
     from enserve.variants.load import cached_onnx
     from enserve.variants.names import default_variant
 
@@ -250,7 +250,7 @@ def weight_files(spec: EnsembleSpec, member: str, variant: str | None, device: s
             model = spec.resolve_path(member_spec.target, member)
         elif (default_variant(member_spec) if variant is None else variant) == "onnx":
             model = cached_onnx(spec, member_spec, cache_dir)
-        if model is not None:
-            final = optimized_path(model)
+        final = None if model is None else known_optimized_path(model)
+        if final is not None:  # not known: the workers hash the model and write the copy
             return [p for p in (final, final.with_suffix(".data")) if p.is_file()]
     return []
