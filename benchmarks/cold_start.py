@@ -1,6 +1,6 @@
-"""Cold start of the 3-member ensemble (resnet18 + mobilenet_v3_large + efficientnet_b0)
-served by ONNX Runtime workers, against the time to read its weights from disk, for two
-source trees side by side in one invocation.
+"""Cold start of the 3-member ensemble (resnet18 + mobilenet_v3_large + efficientnet_b0;
+`--spec` for another) served by ONNX Runtime workers, against the time to read its
+weights from disk, for two source trees side by side in one invocation.
 
 Each tree runs in a fresh Python process per round (rounds alternate between trees). The
 process starts an engine once (fork servers up, placement timings remembered) and stops
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_bench import DISK, MEMBERS, _prepare, weight_files, write_spec
+from memory_bench import DISK, _prepare, weight_files, write_spec
 
 CHILD = textwrap.dedent('''
     import json, os, sys, time
@@ -85,6 +85,12 @@ def run(pythonpath: str, payload: dict[str, object]) -> list[dict[str, float]]:
     raise RuntimeError(f"run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
+def _members(spec_path: Path) -> list[str]:
+    from enserve.spec import load_spec
+
+    return [m.name for m in load_spec(spec_path).members]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", required=True, help="src folder of the first tree (e.g. before)")
@@ -92,16 +98,20 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--spec", type=Path, default=None,
+                   help="another ensemble (e.g. examples/imagenet6/ensemble.yaml; one ONNX "
+                        "Runtime worker per member) instead of the 3-member one")
     args = p.parse_args()
-    spec_path = write_spec(Path(tempfile.mkdtemp(prefix="cold_start_")))
+    spec_path = args.spec or write_spec(Path(tempfile.mkdtemp(prefix="cold_start_")))
     _prepare(spec_path)
+    members = _members(spec_path)
     exports = weight_files(spec_path, "onnx")
     optimized = optimized_files(exports)
     if not optimized:  # first use on this machine: let one engine write them
-        run(args.b, {"spec": str(spec_path), "members": [n for n, _ in MEMBERS], "reps": 0,
+        run(args.b, {"spec": str(spec_path), "members": members, "reps": 0,
                      "drop": [], "read": []})
         optimized = optimized_files(exports)
-    payload = {"spec": str(spec_path), "members": [n for n, _ in MEMBERS], "reps": args.reps,
+    payload = {"spec": str(spec_path), "members": members, "reps": args.reps,
                "drop": exports + optimized, "read": optimized}
     results: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
     for r in range(args.rounds):
