@@ -363,18 +363,20 @@ def test_the_start_up_time_per_measuring_child_is_learnt_for_the_budget() -> Non
     assert profiler._affordable(todo) == todo[:2]  # one child (share 1), 3 s + runs
 
 
-def test_the_session_stops_measuring_before_the_budget_ends() -> None:
+def test_the_session_stops_measuring_before_the_budget_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`enserve plan SPEC` measures until `BUDGET_RESERVE` of the budget is left (the final
     plan and writing the profile come after the last measurement)."""
-    import time
     from types import SimpleNamespace
 
+    from enserve.profiler import adaptive_run
     from enserve.profiler.adaptive_run import BUDGET_RESERVE, AdaptiveSession
 
-    ten_s_in = SimpleNamespace(budget_s=60.0, started=time.monotonic() - 10.0)
+    monkeypatch.setattr(adaptive_run.time, "monotonic", lambda: 1000.0)  # a clock standing still
+    ten_s_in = SimpleNamespace(budget_s=60.0, started=1000.0 - 10.0)
     left = AdaptiveSession.remaining_s(ten_s_in)  # type: ignore[arg-type]
     assert left is not None and 0 < left <= 60.0 * (1 - BUDGET_RESERVE) - 10.0 < 50.0 - 2
-    spent = SimpleNamespace(budget_s=11.0, started=time.monotonic() - 10.0)
+    spent = SimpleNamespace(budget_s=11.0, started=1000.0 - 10.0)
     assert AdaptiveSession.remaining_s(spent) == 0.0  # type: ignore[arg-type]
     unbounded = SimpleNamespace(budget_s=None, started=0.0)
     assert AdaptiveSession.remaining_s(unbounded) is None  # type: ignore[arg-type]
