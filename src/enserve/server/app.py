@@ -80,25 +80,23 @@ class ServerConfig:
     or fp32; None: a re-plan keeps the old plan's mode, a refined first plan uses auto."""
 
 
-def backend_factory(kind: str, threads: int | None = None, limits: Limits | None = None,
-                    ray_address: str | None = None,
-                    plan_policy: str = "replan",
-                    hang_timeout_s: float | None = 30.0,
-                    refine_profile: bool = False,
-                    precision: str | None = None) -> BackendFactory:
+def backend_factory(config: ServerConfig) -> BackendFactory:
+    """How the server makes an ensemble's backend: `config.backend` with the settings of
+    `config` that backend reads."""
+    kind, limits = config.backend, config.limits
     if kind == "reference":
         from enserve.server.backend import ReferenceBackend
 
-        return lambda spec: ReferenceBackend(spec, threads=threads)
+        return lambda spec: ReferenceBackend(spec, threads=config.threads)
     if kind == "engine":
         from enserve.server.engine_backend import EngineBackend
 
-        limits = limits or Limits()
         return lambda spec: EngineBackend(spec, max_batch=limits.max_batch,
-                                          max_queue=limits.max_pending, plan_policy=plan_policy,
-                                          hang_timeout_s=hang_timeout_s,
-                                          refine_profile=refine_profile,
-                                          precision=precision)
+                                          max_queue=limits.max_pending,
+                                          plan_policy=config.plan_policy,
+                                          hang_timeout_s=config.hang_timeout_s,
+                                          refine_profile=config.refine_profile,
+                                          precision=config.precision)
     if kind == "ray":
         from enserve.runtime.ray import ray_available
 
@@ -107,10 +105,9 @@ def backend_factory(kind: str, threads: int | None = None, limits: Limits | None
             raise EnserveError(f"--backend ray: {reason}")
         from enserve.server.ray_backend import RayBackend
 
-        ray_limits = limits or Limits()
-        return lambda spec: RayBackend(spec, address=ray_address,
-                                       max_batch=ray_limits.max_batch,
-                                       max_queue=ray_limits.max_pending)
+        return lambda spec: RayBackend(spec, address=config.ray_address,
+                                       max_batch=limits.max_batch,
+                                       max_queue=limits.max_pending)
     raise EnserveError(f"unknown backend '{kind}' (reference, engine, ray)")
 
 
@@ -149,9 +146,7 @@ class EnserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         enter_scratch()  # sweep what a killed server left; our temp files go in one folder
-        factory = backend_factory(config.backend, config.threads, config.limits,
-                                  config.ray_address, config.plan_policy, config.hang_timeout_s,
-                                  config.refine_profile, config.precision)
+        factory = backend_factory(config)
         self.repository: ModelRepository
         if config.memory_budget_bytes is not None:
             self.repository = BudgetedRepository(

@@ -253,9 +253,10 @@ def main() -> None:
         # the server's `--backend ray` (no plan file: one instance per member over the nodes)
         import asyncio
 
-        from enserve.server.app import backend_factory
+        from enserve.server.app import ServerConfig, backend_factory
 
-        backend = backend_factory("ray", ray_address=None)(spec)
+        config = ServerConfig(repository=tiny_dir.parent, backend="ray")
+        backend = backend_factory(config)(spec)
         try:
             x = np.random.default_rng(7).standard_normal((3, *shape)).astype(np.float32)
             from enserve.result import validate_inputs
