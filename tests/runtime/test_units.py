@@ -11,7 +11,13 @@ import pytest
 
 from enserve.errors import OverloadedError, PlanError
 from enserve.formats.plan import Plan
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows
+from enserve.runtime.batcher import (
+    Gatherer,
+    PendingRequest,
+    RequestQueue,
+    chunk_rows,
+    may_launch_alone,
+)
 from enserve.runtime.placement import WorkerConfig, balance_cores, configs_from_plan
 from enserve.runtime.shm import Arena, ArrayField, leaked_segments
 from tests.helpers.runtime import make_spec
@@ -71,6 +77,19 @@ def test_gatherer_waits_only_when_busy():
     t = time.perf_counter()
     busy.fill([first])
     assert time.perf_counter() - t >= 0.1
+
+
+@pytest.mark.parametrize(("running", "inflight", "queued", "last", "expected"), [
+    (True, 0, 0, 0, True),  # idle, nothing answered yet
+    (True, 0, 0, 1, True),  # one caller at a time
+    (True, 0, 0, 2, False),  # the last batch answered a burst: its next requests gather
+    (True, 1, 0, 1, False),  # a batch in flight
+    (True, 0, 1, 1, False),  # requests queued ahead
+    (False, 0, 0, 0, False),  # not running
+])
+def test_a_lone_request_launches_alone_only_on_an_idle_engine(running, inflight, queued,
+                                                              last, expected):
+    assert may_launch_alone(running, inflight, queued, last) is expected
 
 
 def test_balance_cores_is_lpt():

@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable, Mapping
 
 from enserve.errors import MemberFailedError, UnavailableError
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, chunk_rows, fail_expired
+from enserve.runtime.batcher import (
+    Gatherer,
+    PendingRequest,
+    RequestQueue,
+    chunk_rows,
+    fail_expired,
+    may_launch_alone,
+)
 from enserve.runtime.batches import BatchBook, Chunk, fail_future
 from enserve.runtime.messages import Task
 from enserve.runtime.shm import Arena
@@ -57,14 +64,11 @@ class Dispatcher:
         self.inputs: Arena | None = None
 
     def launch_now(self, request: PendingRequest) -> bool:
-        """On an idle engine serving one caller at a time, launch a lone request from the
-        caller's thread: one thread hop less than going through the dispatcher thread.
-        Not when the last batch answered several callers: their next requests arrive
-        together, and launching the first alone would split the burst into a one-row batch
-        and the rest (on a tiny ensemble that cost 40% of the throughput)."""
+        """Launch a lone request from the caller's thread where `may_launch_alone` allows
+        it; False: queue it for the dispatcher thread."""
         book = self.book
-        if (book.inflight or book.last_batch_requests > 1 or self.requests.depth()
-                or self.engine_state() != "running"):
+        if not may_launch_alone(self.engine_state() == "running", book.inflight,
+                                self.requests.depth(), book.last_batch_requests):
             return False
         try:
             slot = book.free_slots.get_nowait()

@@ -60,7 +60,13 @@ from enserve.formats.plan import Instance, Plan, Predicted
 from enserve.formats.profile import Profile
 from enserve.plan.replan import diff_instances, replan
 from enserve.result import EnsembleResult, ValidInputs, output_names, validate_inputs
-from enserve.runtime.batcher import Gatherer, PendingRequest, RequestQueue, fail_expired
+from enserve.runtime.batcher import (
+    Gatherer,
+    PendingRequest,
+    RequestQueue,
+    fail_expired,
+    may_launch_alone,
+)
 from enserve.runtime.placement import WorkerConfig, configs_from_plan, execution_units
 from enserve.runtime.ray.graph import CompiledPath, graph_signature
 from enserve.runtime.ray.lane import Lanes
@@ -319,12 +325,10 @@ class RayEngine:
         return future
 
     def _launch_now(self, request: PendingRequest) -> bool:
-        """On an idle engine serving one caller at a time, launch a lone request from the
-        caller's thread (one thread hop less). Not after a batch that answered several
-        callers: their next requests come together and belong in one batch (as in the
-        local engine's dispatcher)."""
-        if (self._inflight or self._last_batch_requests > 1 or self._requests.depth()
-                or self._state != "running"):
+        """Launch a lone request from the caller's thread where `may_launch_alone` allows
+        it (the local engine's rule); False: queue it for the dispatcher thread."""
+        if not may_launch_alone(self._state == "running", self._inflight,
+                                self._requests.depth(), self._last_batch_requests):
             return False
         if not self._slots.acquire(blocking=False):
             return False
