@@ -48,12 +48,12 @@ class _Dag:
 
 class _Sink:
     def __init__(self) -> None:
-        self.answers: list[tuple[int, Any, Any]] = []
+        self.answers: list[tuple[Any, Any]] = []
         self.broken: list[tuple[list[Any], str]] = []
         self.done = threading.Event()
 
-    def answer(self, key: int, sent: Any, future: Future[Any]) -> None:
-        self.answers.append((key, sent, future.result()))
+    def answer(self, sent: Any, future: Future[Any]) -> None:
+        self.answers.append((sent, future.result()))
         self.done.set()
 
     def lost(self, outstanding: list[Any], why: str) -> None:
@@ -78,7 +78,7 @@ def test_each_actors_answer_is_handed_on() -> None:
     path = _path(dag, sink)
     assert path.submit("batch", {1: "chunk-1", 2: "chunk-2"}, {1: (0, 3), 2: (3, 5)})
     _wait(lambda: len(sink.answers) == 2)
-    assert sink.answers == [(1, "chunk-1", ("batch", (0, 3))), (2, "chunk-2", ("batch", (3, 5)))]
+    assert sink.answers == [("chunk-1", ("batch", (0, 3))), ("chunk-2", ("batch", (3, 5)))]
     path.close()
     path.join(10)
     assert not path.alive and dag.torn_down and not sink.broken

@@ -48,7 +48,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -149,6 +149,17 @@ class _Chunk:
         return self.stop - self.start
 
 
+class _Sent(NamedTuple):
+    """A chunk as sent to an actor, whichever way (a plain call, the compiled graph, a
+    fast lane): it comes back with the answer, which counts only while `token` is still
+    the chunk's and `generation` its actor's."""
+
+    actor: _Actor
+    generation: int
+    token: int
+    chunk: _Chunk
+
+
 class RayEngine:
     """Serve `spec` with the instances of `plan` as Ray actors (see the module docstring).
 
@@ -213,7 +224,7 @@ class RayEngine:
                                   busy=lambda: self._inflight > 0)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._events: queue.Queue[tuple[str, Any, Any, Any] | None] = queue.Queue()
+        self._events: queue.Queue[tuple[str, Any, Future[Any]] | None] = queue.Queue()
         self._actors: list[_Actor] = []
         self._keys = itertools.count()
         self._ids = itertools.count()
@@ -247,7 +258,7 @@ class RayEngine:
             self._here = str(ray.get_runtime_context().get_node_id())
             self._remote_cls = ray.remote(InstanceActor)
             if self.fast_lane:
-                self._lanes = Lanes(self._lane_answer, self._path_broken)
+                self._lanes = Lanes(self._on_result, self._path_broken)
             nodes = live_nodes()
             if not nodes:
                 raise ModelLoadError("the Ray cluster has no node with a CPU or GPU")
@@ -603,7 +614,7 @@ class RayEngine:
         ref = a.handle.ready.remote(probe, lane)
         generation = a.generation
         ref.future().add_done_callback(
-            lambda f: self._events.put(("ready", a, generation, f)))
+            lambda f: self._events.put(("ready", (a, generation), f)))
 
     def _bundle(self, node_id: str, gpu: str) -> Any:
         """The placement group holding GPU `gpu` of node `node_id` (one bundle, one GPU)."""
@@ -799,12 +810,12 @@ class RayEngine:
                         if stop > start:
                             self._assign(_Chunk(next(self._ids), batch, unit, start, stop), a)
         if graph is not None and sent is not None:
-            graph_spans = {key: (c[3].start, c[3].stop) for key, c in sent.items()}
+            graph_spans = {key: (c.chunk.start, c.chunk.stop) for key, c in sent.items()}
             if not graph.submit(ref, sent, graph_spans):  # not taken: plain calls instead
                 self._path_broken(list(sent.values()), "compiled graph not usable", free=True)
 
     def _graph_chunks(self, batch: _Batch, graph: CompiledPath
-                      ) -> dict[int, tuple[_Actor, int, int, _Chunk]] | None:
+                      ) -> dict[int, _Sent] | None:
         """Split `batch` over the graph's ready actors, one chunk each, and mark them sent
         (lock held); None when a unit has no ready actor in the graph."""
         if not graph.usable:
@@ -814,7 +825,7 @@ class RayEngine:
                         and a.state in ("ready", "replaced")] for u in self.units}
         if not all(per_unit.values()):
             return None
-        sent: dict[int, tuple[_Actor, int, int, _Chunk]] = {}
+        sent: dict[int, _Sent] = {}
         for unit, actors in per_unit.items():
             spans = split_rows(batch.rows, [a.instance.share for a in actors])
             for a, (start, stop) in zip(actors, spans, strict=True):
@@ -822,7 +833,7 @@ class RayEngine:
                     continue
                 chunk = _Chunk(next(self._ids), batch, unit, start, stop)
                 self._mark_sent(a, chunk)
-                sent[a.key] = (a, a.generation, chunk.token, chunk)
+                sent[a.key] = _Sent(a, a.generation, chunk.token, chunk)
         return sent
 
     def _mark_sent(self, a: _Actor, chunk: _Chunk) -> None:
@@ -832,15 +843,7 @@ class RayEngine:
         a.outstanding_rows += chunk.rows
         chunk.token += 1
 
-    def _graph_answer(self, key: int, sent: tuple[_Actor, int, int, _Chunk],
-                      future: Future[Any]) -> None:
-        self._lane_answer(sent, future)
-
-    def _lane_answer(self, sent: tuple[_Actor, int, int, _Chunk], future: Future[Any]) -> None:
-        a, generation, token, chunk = sent
-        self._on_result(a, generation, token, chunk, future)
-
-    def _path_broken(self, outstanding: list[tuple[_Actor, int, int, _Chunk]], why: str,
+    def _path_broken(self, outstanding: list[_Sent], why: str,
                      free: bool = False) -> None:
         """The compiled graph or a fast lane failed: its outstanding chunks go by plain
         calls (the first time free of the retry budget; a second failure counts as a
@@ -895,9 +898,9 @@ class RayEngine:
         try:
             for old in old_graphs:  # their loops leave the actors first
                 old.join(timeout_s=30.0)
-            graph = CompiledPath.build(handles, signature, self._graph_answer, self._path_broken,
-                                 max_inflight=self._inflight_batches,
-                                 read_timeout_s=self.task_timeout_s or 3600.0)
+            graph = CompiledPath.build(handles, signature, self._on_result, self._path_broken,
+                                       max_inflight=self._inflight_batches,
+                                       read_timeout_s=self.task_timeout_s or 3600.0)
         except Exception as exc:
             self._graph_refused.add(signature)
             log.warning("compiled graph not built (plain actor calls): %s", _reason(exc))
@@ -936,21 +939,21 @@ class RayEngine:
         a = to if to is not None and to in ready else min(
             ready, key=lambda x: (x.state != "ready", x.outstanding_rows))
         self._mark_sent(a, chunk)
+        sent = _Sent(a, a.generation, chunk.token, chunk)
         inputs = chunk.batch.ref
         if (a.lane is not None and self._lanes is not None and isinstance(inputs, dict)
-                and self._lanes.send(a.lane, chunk.task_id, (a, a.generation, chunk.token, chunk),
+                and self._lanes.send(a.lane, chunk.task_id, sent,
                                      {k: v[chunk.start:chunk.stop] for k, v in inputs.items()},
                                      0, chunk.rows)):
             return  # a small batch to an actor on this node: its rows through its fast lane
         ref = a.handle.run.remote(inputs, chunk.start, chunk.stop)
-        sent = (a, a.generation, chunk.token)
-        ref.future().add_done_callback(lambda f: self._answered(sent, chunk, f))
+        ref.future().add_done_callback(lambda f: self._answered(sent, f))
 
-    def _answered(self, sent: tuple[_Actor, int, int], chunk: _Chunk, future: Future[Any]) -> None:
+    def _answered(self, sent: _Sent, future: Future[Any]) -> None:
         """Ray's callback thread: hand the answer to the collector and return at once. (No
         lock is taken here: a thread holding the engine's lock may be inside a Ray call that
         needs this very thread to make progress.)"""
-        self._events.put(("result", sent, chunk, future))
+        self._events.put(("result", sent, future))
 
     # ----------------------------------------------------------------- collector
     def _collect_loop(self) -> None:
@@ -958,18 +961,20 @@ class RayEngine:
             event = self._events.get()
             if event is None:
                 return
-            kind, who, extra, future = event
+            kind, who, future = event
             try:
                 if kind == "ready":
-                    self._on_ready(who, extra, future)
+                    actor, generation = who
+                    self._on_ready(actor, generation, future)
                 else:
-                    actor, generation, token = who
-                    self._on_result(actor, generation, token, extra, future)
+                    self._on_result(who, future)
             except Exception:  # keep collecting: one bad event must not hang the rest
                 log.exception("collector failed on a %s event", kind)
 
-    def _on_result(self, a: _Actor, generation: int, token: int, chunk: _Chunk,
-                   future: Future[Any]) -> None:
+    def _on_result(self, sent: _Sent, future: Future[Any]) -> None:
+        """An actor's answer to a chunk, whichever way it was sent (a plain call's on the
+        collector thread, the compiled graph's or a lane's on their reader threads)."""
+        a, generation, token, chunk = sent
         with self._lock:
             if token != chunk.token:
                 return  # this dispatch was already given up (its actor died): retried elsewhere

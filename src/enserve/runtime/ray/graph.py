@@ -24,15 +24,14 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("enserve.runtime.ray")
+from enserve.runtime.ray.paths import Answer, Broken
 
-Answer = Callable[[int, Any, Future[Any]], None]  # (actor key, what was sent, answer)
-Broken = Callable[[list[Any], str], None]  # (what was sent, outstanding; why)
+log = logging.getLogger("enserve.runtime.ray")
 
 
 @dataclass
@@ -167,7 +166,7 @@ class CompiledPath:
         for key, done in zip(self.keys, answers, strict=True):
             chunk = execution.sent.get(key)
             if chunk is not None:
-                self._on_answer(key, chunk, done)
+                self._on_answer(chunk, done)
         return True
 
     def _break(self, why: str) -> None:

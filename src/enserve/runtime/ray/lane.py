@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from enserve.runtime.ray.paths import Answer, Broken
+
 log = logging.getLogger("enserve.runtime.ray")
 
 HELLO = b"enserve-lane-ok"
@@ -44,8 +46,6 @@ SEND_BUFFER = 4 << 20  # asked for (the kernel caps it): a few batches queue wit
 SEND_TIMEOUT_S = 10  # a send blocked this long (the actor reads nothing): the lane breaks
 
 Handler = Callable[[Any, int, int], Any]  # (inputs, start, stop) -> answer
-Answer = Callable[[Any, Future[Any]], None]  # (what was sent, answer)
-Broken = Callable[[list[Any], str], None]  # (what was sent, outstanding; why)
 
 
 class LaneTaskError(RuntimeError):
