@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+
+from enserve import hardware
 from enserve.hardware import Gpu, Hardware, detect_hardware, differences, hardware_from, parse_cpuinfo
 
 # /proc/cpuinfo excerpts (one processor block each, flags shortened to what matters
@@ -102,3 +108,30 @@ def test_parse_ignores_unknown_lines() -> None:
 def test_this_machine_is_detected() -> None:
     hw = detect_hardware()
     assert hw.cores >= 1 and hw.cpu_model and hw.id == detect_hardware().id
+
+
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="driver paths are Linux's")
+
+
+@LINUX_ONLY
+def test_no_gpu_driver_detects_without_importing_torch() -> None:
+    # In a fresh process, as `enserve serve` checks a plan's fingerprint: with no driver
+    # device there, this machine is fingerprinted and torch stays unimported.
+    code = ("import sys; from enserve import hardware as h; h.GPU_DRIVER_PATHS = ('/nonexistent/nvidiactl',); "
+            "hw = h.current_hardware(); print(hw.gpus, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["()", "False"], out.stderr
+
+
+@LINUX_ONLY
+def test_a_driver_device_or_imported_torch_means_asking_torch(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    device = tmp_path / "nvidiactl"
+    monkeypatch.setattr(hardware, "GPU_DRIVER_PATHS", (str(device),))
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # restored after the test
+    assert hardware.no_gpu_driver()
+    device.write_text("")
+    assert not hardware.no_gpu_driver()
+    device.unlink()
+    monkeypatch.setitem(sys.modules, "torch", object())  # already imported: asking is free
+    assert not hardware.no_gpu_driver()

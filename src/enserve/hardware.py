@@ -7,8 +7,10 @@ fingerprint they were made on (`to_dict`), the profiler's cache is keyed by its 
 and `enserve serve` / `bench` compare a plan's fingerprint with this machine's.
 
 Detection reads `/proc/cpuinfo` (or `lscpu` where there is none) and asks torch about
-GPUs only when torch is importable; `parse_cpuinfo` takes the text, so fakes of other
-machines are one string away (see the tests).
+GPUs only when torch is importable and, on Linux, a GPU driver's device is there (a server
+whose members run in other processes then never maps libtorch, ~400 MiB);
+`parse_cpuinfo` takes the text, so fakes of other machines are one string away (see the
+tests).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,8 @@ ISA_FLAGS = (
     # aarch64 (Features line)
     "asimd", "asimddp", "bf16", "i8mm", "sve",
 )
+#: On Linux a CUDA or ROCm GPU needs one of these (NVIDIA driver, AMD KFD, WSL2's GPU).
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 #: Reduced-precision variants, the precision each computes in, and where they run.
 PRECISION_OF_VARIANT = {"bf16": "bf16", "int8": "int8", "fp16": "fp16"}
 
@@ -205,8 +210,18 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def no_gpu_driver() -> bool:
+    """True when it is plain without torch that torch would see no GPU: Linux, torch not
+    imported yet, and none of `GPU_DRIVER_PATHS` there."""
+    return (sys.platform.startswith("linux") and "torch" not in sys.modules
+            and not any(os.path.exists(p) for p in GPU_DRIVER_PATHS))
+
+
 def detect_gpus() -> tuple[tuple[Gpu, ...], bool]:
-    """CUDA GPUs and MPS presence through torch (none when torch or a driver is absent)."""
+    """CUDA GPUs and MPS presence through torch (none when torch or a driver is absent;
+    torch is not imported for that when `no_gpu_driver()`)."""
+    if no_gpu_driver():
+        return (), False
     try:
         import torch
     except ImportError:
