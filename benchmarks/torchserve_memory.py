@@ -68,16 +68,17 @@ import numpy as np
 import torch
 import torchvision
 
-MEMBERS = {members!r}
+MEMBERS = {members!r}  # member name: (torchvision architecture, classes or None)
 _models = []
 
 
 def _load(model_dir):
     state = torch.load(os.path.join(model_dir, "members.pt"), map_location="cpu",
                        weights_only=True)
-    for name in MEMBERS:
+    for name, (arch, classes) in MEMBERS.items():
+        extra = {{}} if classes is None else {{"num_classes": classes}}
         with torch.device("meta"):
-            model = torchvision.models.get_model(name, weights=None)
+            model = torchvision.models.get_model(arch, weights=None, **extra)
         model.load_state_dict(state.pop(name), assign=True)
         _models.append(model.eval())
 
@@ -241,12 +242,13 @@ def ts_archive(venv: Path, spec_path: Path, folder: Path) -> Path:
     from enserve.spec import load_spec
 
     spec = load_spec(spec_path)
-    state = {m.name: torchvision_arch(m.name, m.num_classes, m.seed, m.name).state_dict()
+    state = {m.name: torchvision_arch(m.target, m.num_classes, m.seed, m.name).state_dict()
              for m in spec.members}
     src = folder / "archive-src"
     src.mkdir()
     torch.save(state, src / "members.pt")
-    (src / "ensemble_handler.py").write_text(HANDLER.format(members=[m.name for m in spec.members]))
+    (src / "ensemble_handler.py").write_text(HANDLER.format(
+        members={m.name: (m.target, m.num_classes) for m in spec.members}))
     store = folder / "model-store"
     store.mkdir()
     subprocess.run([str(venv / "bin" / "torch-model-archiver"), "--model-name", MODEL,
