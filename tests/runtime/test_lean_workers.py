@@ -84,3 +84,52 @@ def test_fused_group_with_its_folded_file_forks_without_torchvision(tmp_path: Pa
     np.testing.assert_allclose(result.probabilities, expected.probabilities, rtol=1e-5, atol=1e-6)
     assert any("libtorch" in n for n in libraries)
     assert not any("torchvision" in n or "onnxruntime" in n for n in libraries)
+
+
+def test_every_fork_server_computes_the_library_versions_its_workers_need():
+    import importlib
+
+    from enserve.members import onnx_shared
+    from enserve.runtime import preload_warm
+    from enserve.variants import fingerprint
+
+    for flavor, modules in launch.PRELOAD.items():
+        assert modules[-1] == "enserve.runtime.preload_warm", flavor
+    fingerprint.library_versions.cache_clear()
+    onnx_shared._ort_version.cache_clear()
+    importlib.reload(preload_warm)  # what the fork server's import does
+    assert fingerprint.library_versions.cache_info().currsize == 1
+    assert onnx_shared._ort_version.cache_info().currsize == 1
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path: Path):
+    """Workers never re-import the caller's main script (multiprocessing's forkserver
+    would, running its top level again in every worker)."""
+    import subprocess
+    import sys
+
+    spec = _mixed_spec(tmp_path, with_torch=False)
+    script = tmp_path / "app.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from enserve.runtime import Engine\n"
+        "from enserve.spec import load_spec\n"
+        "here = Path(__file__).parent\n"
+        "with open(here / 'runs.txt', 'a') as f:\n"
+        "    f.write('run\\n')\n"
+        f"spec = load_spec({str(spec.source_file)!r})\n"
+        "x = np.random.default_rng(5).standard_normal((2, 3, 2, 2)).astype(np.float32)\n"
+        "with Engine(spec, max_batch=4) as engine:\n"
+        "    print('answer', engine.infer_sync(x, timeout=60).probabilities.shape)\n")
+    (tmp_path / "ensemble.yaml").write_text(
+        "name: mixed\ninputs: [{name: x, datatype: FP32, shape: [-1, 3, 2, 2]}]\n"
+        "members:\n  - {name: flat, source: 'onnx:flat.onnx'}\n"
+        "  - {name: resized, source: 'onnx:resized.onnx', preprocess: {resize: [4, 4]}}\n"
+        "combiner: mean_prob\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "answer (2, 5)" in done.stdout
+    assert (tmp_path / "runs.txt").read_text() == "run\n"

@@ -13,7 +13,7 @@ from enserve.members import onnx_shared
 from enserve.members.onnx_member import OnnxMember
 from enserve.members.onnx_shared import read_ahead
 from enserve.runtime.launch import weight_files
-from enserve.runtime.prefetch import OrderedRead, read_order, read_whole
+from enserve.runtime.prefetch import OrderedRead, read_order, read_whole, wait_until_read
 from enserve.spec import spec_from_dict
 from tests.helpers.onnx_models import write_linear_onnx
 
@@ -59,6 +59,27 @@ def test_reads_in_order_and_unlocks_each_file_after_its_read(tmp_path: Path) -> 
     finally:
         os.close(fd)
     assert [ino for ino, _ in seen] == [f.stat().st_ino for f in files]
+
+
+def test_a_worker_waits_for_its_files_to_be_read_not_for_the_rest(tmp_path: Path) -> None:
+    mine, other = _file(tmp_path / "mine.data", 100), _file(tmp_path / "other.data", 100)
+    unread = _file(tmp_path / "nobody.data", 100)
+    read_mine, read_other = threading.Event(), threading.Event()
+
+    def fake_read(fd: int) -> None:
+        (read_mine if os.fstat(fd).st_ino == mine.stat().st_ino else read_other).wait(10)
+
+    reader = OrderedRead([mine, other], read=fake_read)
+    waiter = threading.Thread(target=wait_until_read, args=([mine, unread],), daemon=True)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # its file is still being read
+    read_mine.set()
+    waiter.join(10)
+    assert not waiter.is_alive()  # done although the other file is not read yet
+    wait_until_read([tmp_path / "missing.data"])  # a file that is not there: no wait
+    read_other.set()
+    assert reader.wait(10)
 
 
 def test_close_drops_unread_files(tmp_path: Path) -> None:

@@ -75,9 +75,11 @@ def model_digest(model: Path, root: Path) -> str:
     return digest
 
 
+@cache
 def _ort_version() -> str:
     """ONNX Runtime's version from its package metadata (no import: the engine computes
-    the paths too); the module's own `__version__` where the metadata is missing."""
+    the paths too); the module's own `__version__` where the metadata is missing. Read
+    once per process (2-3 ms each), and once in the lean fork server for its workers."""
     from importlib import metadata
 
     try:
@@ -86,6 +88,13 @@ def _ort_version() -> str:
         import onnxruntime as ort
 
         return str(ort.__version__)
+
+
+def warm_keys() -> None:
+    """Compute what every optimized-copy key needs (ORT's version, the CPU) now, so
+    processes forked from this one find them cached (the lean fork server calls it)."""
+    _ort_version()
+    _cpu_identity()
 
 
 def optimized_path(model: Path, cache_dir: Path | None = None) -> Path:

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -185,9 +185,7 @@ class Engine:
             self._prefetch = start_ordered_read([  # biggest member's weights first
                 weight_files(self.spec, c.member, c.variant, c.device, self.cache_dir)
                 for c in self.configs])
-            for h in self._handles:
-                h.start(self._ctx, self.spec, self._inputs.layout, None, self._lock_dir,
-                        self.cache_dir)
+            self._launch_all()
             self._spawn_thread(self._collector.run, "collector")
             self._wait_ready()
             if self._auto_pin:
@@ -409,6 +407,21 @@ class Engine:
             fields.append(ArrayField(t.name, np.dtype(numpy_dtype(t.datatype)).str,
                                      (self.max_batch, *t.shape[1:])))
         return tuple(fields)
+
+    def _launch_all(self) -> None:
+        """Start every worker process, the fork requests in parallel: each waits ~10 ms on
+        its fork server, and six in a row were a third of a cold start (imagenet6)."""
+        assert self._inputs is not None
+        layout = self._inputs.layout
+
+        def launch(h: WorkerHandle) -> None:
+            h.start(self._ctx, self.spec, layout, None, self._lock_dir, self.cache_dir)
+
+        if len(self._handles) == 1:
+            launch(self._handles[0])
+            return
+        with ThreadPoolExecutor(len(self._handles), thread_name_prefix="enserve-launch") as pool:
+            list(pool.map(launch, self._handles))  # re-raises the first failure
 
     def _spawn_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=f"enserve-{name}", daemon=True)

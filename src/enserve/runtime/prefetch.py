@@ -113,6 +113,20 @@ class OrderedRead:
         self._thread.join(timeout_s)
 
 
+def wait_until_read(paths: Sequence[Path]) -> None:
+    """Block until the engine's reader is done with each of `paths` (it holds an exclusive
+    lock on a file until the file is read; a file nobody reads returns at once). A worker
+    calls this before its first batch, outside its core lock: page faults on weights still
+    on disk would otherwise stall the core the lock reserves for it."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            finally:
+                os.close(fd)  # drops the shared lock
+
+
 def start_ordered_read(groups: Sequence[Sequence[Path]]) -> OrderedRead:
     """Lock the files of `groups` and start reading them in `read_order`."""
     return OrderedRead(read_order(groups))

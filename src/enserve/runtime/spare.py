@@ -83,6 +83,7 @@ class SparedForkServer(forkserver.ForkServer):
         self._spare: _Spare | None = None
         self._adopted: psutil.Process | None = None  # the server is a promoted spare
         self._making_spare = False
+        self._spare_lock = threading.Lock()  # workers may start from several threads
 
     # --------------------------------------------------------------- the server
     def ensure_running(self) -> None:
@@ -152,9 +153,10 @@ class SparedForkServer(forkserver.ForkServer):
     def want_spare(self) -> None:
         """Fork a spare from the running server in the background, unless one is there
         or on its way."""
-        if self._making_spare or (self._spare is not None and self._spare.alive()):
-            return
-        self._making_spare = True
+        with self._spare_lock:
+            if self._making_spare or (self._spare is not None and self._spare.alive()):
+                return
+            self._making_spare = True
         threading.Thread(target=self._make_spare, name="enserve-forkserver-spare",
                          daemon=True).start()
 

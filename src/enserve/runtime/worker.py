@@ -24,6 +24,7 @@ from enserve.members import Member
 from enserve.runtime.corelocks import CoreLocks
 from enserve.runtime.messages import Attach, Done, Failed, Pin, Ready, Stop, Task
 from enserve.runtime.placement import WorkerConfig
+from enserve.runtime.prefetch import wait_until_read
 from enserve.runtime.shm import Arena, ArenaLayout
 from enserve.spec import EnsembleSpec
 
@@ -149,7 +150,14 @@ def worker_main(
             conn.send(Failed(-1, f"{cfg.label}: start-up failed: {type(exc).__name__}: {exc}"))
         return
     outputs = Arena.attach(out_layout) if out_layout is not None else None
-    _serve(conn, run, inputs, outputs, out_fields, lock_dir, cfg.cores or ())
+    _serve(conn, run, inputs, outputs, out_fields, lock_dir, cfg.cores or (),
+           _weight_files(spec, cfg, cache_dir))
+
+
+def _weight_files(spec: EnsembleSpec, cfg: WorkerConfig, cache_dir: Path | None) -> list[Path]:
+    from enserve.runtime.launch import weight_files
+
+    return weight_files(spec, cfg.member, cfg.variant, cfg.device, cache_dir)
 
 
 class _Runner:
@@ -177,6 +185,7 @@ def _runner(spec: EnsembleSpec, cfg: WorkerConfig, member: Member, inputs: Arena
 def _serve(
     conn: Connection, run: _Runner, inputs: Arena, outputs: Arena | None,
     out_fields: Sequence[str], lock_dir: str | None, cores: Sequence[int],
+    unread: Sequence[Path] = (),
 ) -> None:
     locks = CoreLocks(lock_dir, cores)
     while True:
@@ -199,6 +208,9 @@ def _serve(
                     raise RuntimeError("output arena not attached")
                 arrays = {n: inputs.view(n, msg.slot)[msg.start:msg.stop]
                           for n in run.input_names}
+                if unread:  # first batch: weights in memory before the core is taken
+                    wait_until_read(unread)
+                    unread = ()
                 with locks.hold():
                     started = time.perf_counter()
                     stacked = run.call(arrays)
