@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from enserve.members import onnx_shared
 from enserve.members.onnx_member import OnnxMember
 from enserve.members.onnx_shared import read_ahead
 from enserve.runtime.launch import weight_files
+from enserve.runtime import prefetch
 from enserve.runtime.prefetch import OrderedRead, read_order, read_whole, wait_until_read
 from enserve.spec import spec_from_dict
 from tests.helpers.onnx_models import write_linear_onnx
@@ -142,3 +144,36 @@ def test_weight_files_are_the_optimized_copy_once_written(tmp_path: Path,
     assert [p.suffix for p in found] == [".onnx", ".data"]
     assert all(p.is_relative_to(tmp_path / "cache") for p in found)
     assert weight_files(spec, "m", None, device="cuda:0") == []
+
+
+def test_workers_forked_from_the_engine_do_not_hold_its_read_locks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `start_method="fork"` each worker gets copies of the reader's locked files; it
+    must let them go, or its wait for its own weights would never end."""
+    import numpy as np
+
+    from enserve.reference import ReferenceExecutor
+    from enserve.runtime import Engine
+
+    monkeypatch.setenv("ENSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    for i, name in enumerate(("a", "b")):
+        write_linear_onnx(tmp_path / f"{name}.onnx", 300, 5, seed=i)
+    spec = spec_from_dict(
+        {"name": "two", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 10, 10]}],
+         "members": [{"name": n, "source": f"onnx:{n}.onnx"} for n in ("a", "b")],
+         "combiner": "mean_prob"},
+        base_dir=tmp_path, where=str(tmp_path / "ensemble.yaml"))
+    x = np.random.default_rng(11).standard_normal((3, 3, 10, 10)).astype(np.float32)
+    expected = ReferenceExecutor(spec).infer(x)
+    with Engine(spec, max_batch=4, pin=False) as engine:  # writes the optimized copies
+        engine.infer_sync(x, timeout=60)
+    assert weight_files(spec, "a", None)  # so the next engine locks and reads them
+
+    def slow_read(fd: int) -> None:  # the workers fork while the files are still locked
+        time.sleep(0.5)
+        read_whole(fd)
+
+    monkeypatch.setattr(prefetch, "read_whole", slow_read)
+    with Engine(spec, max_batch=4, pin=False, start_method="fork") as engine:
+        result = engine.infer_sync(x, timeout=60)
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, rtol=1e-5, atol=1e-6)

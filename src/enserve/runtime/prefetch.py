@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def read_whole(fd: int) -> None:
 class OrderedRead:
     """Files locked now and read one after another by a daemon thread."""
 
-    def __init__(self, files: Sequence[Path], read: Callable[[int], None] = read_whole) -> None:
-        self._read = read
+    def __init__(self, files: Sequence[Path], read: Callable[[int], None] | None = None) -> None:
+        self._read = read or read_whole
         self._fds: list[int] = []
+        _live.add(self)
         for p in files:
             with contextlib.suppress(OSError):
                 fd = os.open(p, os.O_RDONLY)
@@ -111,6 +113,22 @@ class OrderedRead:
         for fd in rest:
             os.close(fd)
         self._thread.join(timeout_s)
+
+
+def _drop_in_child() -> None:
+    """A forked child (the engine's `start_method="fork"`) closes its copies of the
+    readers' descriptors: a `flock` lasts while any copy is open, so a child keeping them
+    would hold the locks after the engine's reader let them go, and a worker waiting for
+    its files (`wait_until_read`) would wait on itself."""
+    for reader in list(_live):
+        for fd in reader._fds:  # no lock taken: the reader thread does not exist here
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        reader._fds = []
+
+
+_live: weakref.WeakSet[OrderedRead] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 def wait_until_read(paths: Sequence[Path]) -> None:
