@@ -13,8 +13,8 @@ import pytest
 from enserve.members import onnx_shared
 from enserve.members.onnx_member import OnnxMember
 from enserve.members.onnx_shared import read_ahead
-from enserve.runtime.launch import weight_files
 from enserve.runtime import prefetch
+from enserve.runtime.launch import weight_files
 from enserve.runtime.prefetch import OrderedRead, read_order, read_whole, wait_until_read
 from enserve.spec import spec_from_dict
 from tests.helpers.onnx_models import write_linear_onnx
